@@ -1,0 +1,30 @@
+# Two commands for a fresh clone:  `make run`  (main pipeline)  and  `make test`.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+export MLOPS_STATE_DIR ?= $(CURDIR)/.mlops_state
+export DAGSTER_HOME ?= $(MLOPS_STATE_DIR)/dagster_home
+
+.PHONY: run test lint ui benchmark
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/mlops-assets run
+
+test: $(BIN)/.installed lint
+	$(BIN)/pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check mlops_assets mlops_assets_tests benchmarks
+
+ui: $(BIN)/.installed
+	$(BIN)/mlops-assets init
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+benchmark: $(BIN)/.installed
+	$(BIN)/python benchmarks/feature_repository.py

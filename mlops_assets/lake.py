@@ -1,0 +1,199 @@
+"""The local data lake: embedded sample data, landing folder, validated batches, quarantine, offline store.
+
+Every file the pipeline reads or writes goes through `Lake`, so the layout is defined once and a
+different backend (object storage) would replace this one class.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import polars as pl
+
+LANDING_SUFFIXES = (".parquet", ".csv")
+
+
+class BatchReadError(Exception):
+    """A landed file that cannot be read as a table (truncated, corrupt, not CSV/parquet)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"cannot read {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _atomic_write_parquet(df: pl.DataFrame, path: Path) -> None:
+    """Write next to the target, then rename: a crash never leaves half a batch in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        df.write_parquet(tmp, compression="zstd")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_table_file(path: Path) -> pl.DataFrame:
+    """Read a CSV or parquet batch, turning any parse failure into a BatchReadError naming the file."""
+    if path.suffix not in LANDING_SUFFIXES:
+        raise BatchReadError(path, f"unsupported file type {path.suffix!r}; use .csv or .parquet")
+    try:
+        if path.suffix == ".parquet":
+            return pl.read_parquet(path)
+        df = pl.read_csv(path, null_values=["NA", ""], infer_schema_length=None)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        raise BatchReadError(path, str(exc).splitlines()[0]) from exc
+    if "time_hour" in df.columns and df.schema["time_hour"] == pl.String:
+        df = df.with_columns(
+            pl.col("time_hour").str.to_datetime(time_zone="UTC", time_unit="us", strict=False)
+        )
+    return df
+
+
+@dataclass(frozen=True)
+class Lake:
+    """Paths and atomic reads/writes of the lake; `root` is the git-ignored state folder."""
+
+    root: Path
+    data_dir: Path
+
+    @property
+    def landing_dir(self) -> Path:
+        return self.root / "landing"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    @property
+    def offline_store_dir(self) -> Path:
+        return self.root / "offline_store"
+
+    def embedded(self, table: str) -> pl.DataFrame:
+        """The committed sample data for a table (the upstream system's full history)."""
+        return pl.read_parquet(self.data_dir / f"{table}.parquet")
+
+    def embedded_month(self, table: str, month: str) -> pl.DataFrame:
+        year, mon = (int(p) for p in month.split("-"))
+        return pl.scan_parquet(self.data_dir / f"{table}.parquet").filter(
+            (pl.col("year") == year) & (pl.col("month") == mon)
+        ).collect()
+
+    def landed_file(self, table: str, month: str) -> Path | None:
+        """The newest file landed for this table and month, if any."""
+        found = [self.landing_dir / table / f"{month}{s}" for s in LANDING_SUFFIXES]
+        existing = [p for p in found if p.exists()]
+        return max(existing, key=lambda p: p.stat().st_mtime) if existing else None
+
+    def land(self, source: Path, table: str, month: str) -> Path:
+        """Copy a delivered file into the landing folder as that month's batch (atomic rename)."""
+        if source.suffix not in LANDING_SUFFIXES:
+            raise BatchReadError(source, f"unsupported file type {source.suffix!r}; use .csv or .parquet")
+        target_dir = self.landing_dir / table
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for stale in target_dir.glob(f"{month}.*"):
+            stale.unlink()
+        target = target_dir / f"{month}{source.suffix}"
+        tmp = target.with_suffix(target.suffix + ".tmp")
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+        return target
+
+    def batch_path(self, table: str, month: str | None = None) -> Path:
+        base = self.root / "warehouse" / table
+        return base / f"month={month}" / "data.parquet" if month else base / "data.parquet"
+
+    def write_batch(self, table: str, df: pl.DataFrame, month: str | None = None) -> Path:
+        path = self.batch_path(table, month)
+        _atomic_write_parquet(df, path)
+        return path
+
+    def available_months(self, table: str) -> list[str]:
+        base = self.root / "warehouse" / table
+        return sorted(p.parent.name.removeprefix("month=") for p in base.glob("month=*/data.parquet"))
+
+    def read_batches(self, table: str, months: list[str] | None = None) -> pl.DataFrame:
+        """All validated monthly batches of a table (or the given months), concatenated."""
+        chosen = months if months is not None else self.available_months(table)
+        paths = [self.batch_path(table, m) for m in chosen if self.batch_path(table, m).exists()]
+        if not paths:
+            raise FileNotFoundError(f"no validated {table} batches in {self.root / 'warehouse' / table}")
+        return pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed")
+
+    def read_reference(self, table: str) -> pl.DataFrame:
+        return pl.read_parquet(self.batch_path(table))
+
+    def quarantine(
+        self, table: str, batch_name: str, report: dict, report_text: str,
+        df: pl.DataFrame | None = None, source_file: Path | None = None,
+    ) -> Path:
+        """Keep a rejected batch and its report side by side; nothing is ever lost."""
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        folder = self.quarantine_dir / table / f"{batch_name}__{stamp}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if source_file is not None:
+            shutil.copyfile(source_file, folder / source_file.name)
+        elif df is not None:
+            df.write_parquet(folder / "batch.parquet")
+        (folder / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        (folder / "report.md").write_text(report_text)
+        return folder
+
+    def view_dir(self, view: str) -> Path:
+        return self.offline_store_dir / view
+
+    def write_view(self, view: str, df: pl.DataFrame, month_column: str) -> list[Path]:
+        """Store a feature view as hive-partitioned parquet (one file per month of event time)."""
+        tmp_root = self.offline_store_dir / f".{view}.tmp"
+        shutil.rmtree(tmp_root, ignore_errors=True)
+        paths = []
+        for (month,), part in df.partition_by(month_column, as_dict=True).items():
+            path = tmp_root / f"month={month}" / "data.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            part.drop(month_column).write_parquet(path, compression="zstd")
+            paths.append(self.view_dir(view) / f"month={month}" / "data.parquet")
+        old = self.offline_store_dir / f".{view}.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.view_dir(view).exists():
+            os.replace(self.view_dir(view), old)
+        os.replace(tmp_root, self.view_dir(view))
+        shutil.rmtree(old, ignore_errors=True)
+        return sorted(paths)
+
+    def read_view(self, view: str) -> pl.DataFrame:
+        path = self.view_dir(view)
+        if not path.exists():
+            raise FileNotFoundError(f"feature view {view!r} is not materialized ({path})")
+        return pl.read_parquet(path / "**" / "*.parquet", hive_partitioning=True).drop("month")
+
+
+def training_set_dir(root: Path) -> Path:
+    return root / "training_sets"
+
+
+def write_training_set(lake: Lake, df: pl.DataFrame, content_hash: str) -> Path:
+    """Keep every training set under its content hash, so a model names exactly the data it saw."""
+    path = training_set_dir(lake.root) / f"{content_hash}.parquet"
+    if not path.exists():
+        _atomic_write_parquet(df, path)
+    pointer = training_set_dir(lake.root) / "current.json"
+    pointer.write_text(json.dumps({"hash": content_hash, "path": str(path)}))
+    return path
+
+
+def read_training_set(lake: Lake, content_hash: str | None = None) -> tuple[pl.DataFrame, str]:
+    """The training set with the given hash, or the current one."""
+    if content_hash is None:
+        pointer = training_set_dir(lake.root) / "current.json"
+        if not pointer.exists():
+            raise FileNotFoundError(f"no training set yet ({pointer}); materialize training_set first")
+        content_hash = json.loads(pointer.read_text())["hash"]
+    return pl.read_parquet(training_set_dir(lake.root) / f"{content_hash}.parquet"), content_hash
