@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -42,13 +42,18 @@ def _atomic_write_parquet(df: pl.DataFrame, path: Path) -> None:
 
 
 def read_table_file(path: Path) -> pl.DataFrame:
-    """Read a CSV or parquet batch, turning any parse failure into a BatchReadError naming the file."""
+    """Read a CSV or parquet batch, turning any parse failure into a BatchReadError naming the file.
+
+    A textual `time_hour` is parsed as UTC; unparsable values become nulls, which the key
+    expectations then reject with the offending rows.
+    """
     if path.suffix not in LANDING_SUFFIXES:
         raise BatchReadError(path, f"unsupported file type {path.suffix!r}; use .csv or .parquet")
     try:
         if path.suffix == ".parquet":
-            return pl.read_parquet(path)
-        df = pl.read_csv(path, null_values=["NA", ""], infer_schema_length=None)
+            df = pl.read_parquet(path)
+        else:
+            df = pl.read_csv(path, null_values=["NA", ""], infer_schema_length=None)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         raise BatchReadError(path, str(exc).splitlines()[0]) from exc
     if "time_hour" in df.columns and df.schema["time_hour"] == pl.String:
@@ -136,7 +141,7 @@ class Lake:
         df: pl.DataFrame | None = None, source_file: Path | None = None,
     ) -> Path:
         """Keep a rejected batch and its report side by side; nothing is ever lost."""
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         folder = self.quarantine_dir / table / f"{batch_name}__{stamp}"
         folder.mkdir(parents=True, exist_ok=True)
         if source_file is not None:

@@ -8,7 +8,7 @@ import polars as pl
 
 def frame_metadata(df: pl.DataFrame, preview_rows: int = 5) -> dict[str, dg.MetadataValue | int]:
     nulls = df.null_count().row(0)
-    shares = {c: round(n / df.height, 4) if df.height else 0.0 for c, n in zip(df.columns, nulls)}
+    shares = {c: round(n / df.height, 4) if df.height else 0.0 for c, n in zip(df.columns, nulls, strict=False)}
     schema = dg.TableSchema(
         columns=[dg.TableColumn(name=c, type=str(t)) for c, t in df.schema.items()]
     )

@@ -50,7 +50,7 @@ class SourceConfig(Strict):
     feature_views: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
-    def _table_needs_path(self) -> "SourceConfig":
+    def _table_needs_path(self) -> SourceConfig:
         if self.kind == "table" and not self.path:
             raise ValueError("source.path is required when source.kind is 'table'")
         return self
@@ -79,7 +79,7 @@ class TaskConfig(Strict):
     drop_cancelled_and_diverted: bool = True
 
     @model_validator(mode="after")
-    def _categoricals_are_features(self) -> "TaskConfig":
+    def _categoricals_are_features(self) -> TaskConfig:
         unknown = sorted(set(self.categorical) - set(self.features))
         if unknown:
             raise ValueError(f"categorical columns not listed in features: {unknown}")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
@@ -36,7 +36,7 @@ def test_a_flight_is_observed_only_after_it_arrived(flights_sample: pl.DataFrame
 def test_scheduled_departure_is_utc_of_local_schedule(flights_sample: pl.DataFrame) -> None:
     first = transforms.flight_events(flights_sample.head(1), timedelta(hours=2)).row(0, named=True)
     assert first["sched_dep_time"] == 515
-    assert first["scheduled_departure"] == datetime(2013, 1, 1, 10, 15, tzinfo=timezone.utc)
+    assert first["scheduled_departure"] == datetime(2013, 1, 1, 10, 15, tzinfo=UTC)
     assert transforms.request_features(pl.DataFrame([first]))["sched_hour"].item() == 5
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 import pytest
@@ -13,7 +13,7 @@ from mlops_assets.features import transforms
 from mlops_assets.features.pit import event_ts_column, point_in_time_join
 from mlops_assets.features.views import FeatureView, plane_view, route_delay_view, weather_view
 
-T0 = datetime(2013, 1, 1, tzinfo=timezone.utc)
+T0 = datetime(2013, 1, 1, tzinfo=UTC)
 
 
 def naive_lookup(view: FeatureView, data: pl.DataFrame, key: tuple, ts: datetime) -> dict | None:

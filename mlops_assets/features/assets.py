@@ -13,8 +13,14 @@ import polars as pl
 
 from mlops_assets.features import transforms
 from mlops_assets.features.views import (
-    FEATURE_VIEWS, FeatureView, carrier_delay_view, origin_delay_view, origin_departure_view,
-    plane_view, route_delay_view, weather_view,
+    FEATURE_VIEWS,
+    FeatureView,
+    carrier_delay_view,
+    origin_delay_view,
+    origin_departure_view,
+    plane_view,
+    route_delay_view,
+    weather_view,
 )
 from mlops_assets.lake import Lake
 from mlops_assets.metadata import frame_metadata

@@ -10,7 +10,7 @@ import json
 import sqlite3
 import threading
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
@@ -67,7 +67,7 @@ class OnlineStore:
         keys = latest.select(view.entity_keys).rows()
         payloads = latest.select(view.features).to_dicts()
         rows = [
-            (entity_key(k), t, json.dumps(p, default=str)) for k, t, p in zip(keys, ts_us, payloads)
+            (entity_key(k), t, json.dumps(p, default=str)) for k, t, p in zip(keys, ts_us, payloads, strict=False)
         ]
         conn = self._conn()
         with conn:
@@ -85,7 +85,7 @@ class OnlineStore:
         ).fetchone()
         if row is None:
             return FeatureValue(None, None)
-        event_time = datetime.fromtimestamp(row[0] / 1e6, tz=timezone.utc)
+        event_time = datetime.fromtimestamp(row[0] / 1e6, tz=UTC)
         return FeatureValue(json.loads(row[1]), event_time)
 
     def read_many(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
@@ -11,7 +11,7 @@ from mlops_assets.features.views import DELAY_WINDOWS, DEPARTURE_WINDOWS
 LOCAL_TZ = "America/New_York"
 DELAYED_MINUTES = 15
 ARRIVAL_REPORTING_MARGIN = timedelta(minutes=60)
-PLANE_REGISTRY_VALID_FROM = datetime(2013, 1, 1, tzinfo=timezone.utc)
+PLANE_REGISTRY_VALID_FROM = datetime(2013, 1, 1, tzinfo=UTC)
 REQUEST_COLUMNS = ("carrier", "flight", "tailnum", "origin", "dest", "scheduled_departure", "distance")
 
 

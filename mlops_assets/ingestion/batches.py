@@ -26,10 +26,10 @@ class Batch:
     source: str
     source_file: Path | None
     frame: pl.DataFrame | None
-    report: "ValidationReport"
+    report: ValidationReport
 
 
-def _unreadable(table: str, batch_name: str, error: BatchReadError) -> "ValidationReport":
+def _unreadable(table: str, batch_name: str, error: BatchReadError) -> ValidationReport:
     from mlops_assets.validation.suites import FailedExpectation, ValidationReport
 
     failure = FailedExpectation(

@@ -1,0 +1,157 @@
+"""PNG charts for the model card, returned as bytes so callers can attach them anywhere.
+
+Figures are built with the object-oriented API on an explicit Agg canvas instead of pyplot: no
+display is needed, no global backend is switched for the rest of the process, nothing is left in
+pyplot's figure registry, and it is safe in multi-threaded executors.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import polars as pl
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from numpy.typing import ArrayLike
+from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
+
+from mlops_assets.evaluation.metrics import paired_arrays, shap_importance
+
+DPI = 100
+MAX_POINTS = 2000
+_SEED = 0
+
+
+def _figure(width: float, height: float, columns: int = 1) -> tuple[Figure, list[Axes]]:
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, list(np.atleast_1d(figure.subplots(1, columns)))
+
+
+def _png(figure: Figure) -> bytes:
+    """Render and release the figure; the bytes are all the caller keeps."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    figure.clear()
+    return buffer.getvalue()
+
+
+def _binary_inputs(y_true: ArrayLike, y_prob: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Curves are undefined without both classes: say so instead of drawing an empty chart."""
+    truth, prob = paired_arrays(y_true, y_prob)
+    if np.unique(truth).size != 2 or not np.isin(truth, (0.0, 1.0)).all():
+        raise ValueError("binary curves need labels with both classes 0 and 1")
+    return truth, prob
+
+
+def _subsample(size: int, limit: int) -> np.ndarray:
+    """Seeded row subset so charts stay fast and identical between runs."""
+    if size <= limit:
+        return np.arange(size)
+    return np.sort(np.random.default_rng(_SEED).choice(size, limit, replace=False))
+
+
+def roc_curve_png(y_true: ArrayLike, y_prob: ArrayLike) -> bytes:
+    """ROC curve with its area, against the chance diagonal."""
+    truth, prob = _binary_inputs(y_true, y_prob)
+    false_pos, true_pos, _ = roc_curve(truth, prob)
+    figure, (axes,) = _figure(5, 5)
+    axes.plot(false_pos, true_pos, label=f"AUC = {auc(false_pos, true_pos):.4f}")
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    axes.set(title="ROC curve", xlabel="False positive rate", ylabel="True positive rate")
+    axes.legend(loc="lower right")
+    return _png(figure)
+
+
+def pr_curve_png(y_true: ArrayLike, y_prob: ArrayLike) -> bytes:
+    """Precision-recall curve against the positive-rate baseline, the informative view for rare positives."""
+    truth, prob = _binary_inputs(y_true, y_prob)
+    precision, recall, _ = precision_recall_curve(truth, prob)
+    figure, (axes,) = _figure(5, 5)
+    axes.step(recall, precision, where="post", label=f"AP = {average_precision_score(truth, prob):.4f}")
+    axes.axhline(truth.mean(), linestyle="--", color="grey", label="positive rate")
+    axes.set(title="Precision-recall curve", xlabel="Recall", ylabel="Precision", xlim=(0, 1), ylim=(0, 1.02))
+    axes.legend(loc="upper right")
+    return _png(figure)
+
+
+def calibration_png(y_true: ArrayLike, y_prob: ArrayLike, bins: int = 10) -> bytes:
+    """Reliability diagram on equal-width bins; point size shows how many rows back each bin."""
+    if bins < 1:
+        raise ValueError(f"bins must be at least 1, got {bins}")
+    truth, prob = _binary_inputs(y_true, y_prob)
+    which = np.clip((prob * bins).astype(np.int64), 0, bins - 1)
+    counts = np.bincount(which, minlength=bins)
+    filled = counts > 0
+    mean_prob = np.bincount(which, weights=prob, minlength=bins)[filled] / counts[filled]
+    observed = np.bincount(which, weights=truth, minlength=bins)[filled] / counts[filled]
+    figure, (axes,) = _figure(5, 5)
+    axes.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfectly calibrated")
+    axes.plot(mean_prob, observed, color="tab:blue", label="model")
+    axes.scatter(mean_prob, observed, s=20 + 180 * counts[filled] / counts.max(), color="tab:blue", zorder=3)
+    axes.set(
+        title="Calibration (reliability diagram)",
+        xlabel="Mean predicted probability",
+        ylabel="Observed positive rate",
+        xlim=(0, 1),
+        ylim=(0, 1),
+    )
+    axes.legend(loc="upper left")
+    return _png(figure)
+
+
+def _barh(axes: Axes, labels: list[str], values: np.ndarray) -> None:
+    """Largest bar on top, as importance charts are read top-down."""
+    positions = np.arange(len(labels))[::-1]
+    axes.barh(positions, values, color="tab:blue")
+    axes.set_yticks(positions, labels)
+
+
+def feature_importance_png(importance: pl.DataFrame, value_column: str, top: int = 20) -> bytes:
+    """Horizontal bars of the ``top`` features by ``value_column`` (gain, split count, mean |SHAP|...)."""
+    missing = [column for column in ("feature", value_column) if column not in importance.columns]
+    if missing:
+        raise ValueError(f"importance frame lacks column(s): {', '.join(missing)}")
+    shown = importance.sort(value_column, descending=True, nulls_last=True).head(top)
+    figure, (axes,) = _figure(6, 1.2 + 0.3 * max(shown.height, 1))
+    _barh(axes, shown.get_column("feature").to_list(), shown.get_column(value_column).to_numpy())
+    axes.set(title=f"Feature importance ({value_column})", xlabel=value_column, ylabel="Feature")
+    return _png(figure)
+
+
+def shap_summary_png(contributions: np.ndarray, feature_names: list[str], top: int = 15) -> bytes:
+    """Mean |SHAP| bars beside a jittered strip of per-row contributions (at most 2000 rows)."""
+    ranked = shap_importance(contributions, feature_names).head(top)
+    names = ranked.get_column("feature").to_list()
+    columns = [feature_names.index(name) for name in names]
+    matrix = np.asarray(contributions, dtype=np.float64)
+    sample = matrix[_subsample(matrix.shape[0], MAX_POINTS)][:, columns]
+    figure, (bars, strip) = _figure(10, 1.2 + 0.3 * max(len(names), 1), columns=2)
+    _barh(bars, names, ranked.get_column("mean_abs_shap").to_numpy())
+    bars.set(title="Mean |SHAP|", xlabel="Mean |contribution| (model output units)", ylabel="Feature")
+    jitter = np.random.default_rng(_SEED).uniform(-0.3, 0.3, size=sample.shape)
+    positions = np.arange(len(names))[::-1]
+    colours = np.sign(sample).ravel()
+    strip.scatter(sample.ravel(), (positions + jitter).ravel(), s=3, alpha=0.3, c=colours, cmap="coolwarm")
+    strip.axvline(0.0, color="grey", linewidth=0.8)
+    strip.set_yticks(positions, names)
+    strip.set(title=f"Per-row SHAP ({sample.shape[0]} rows)", xlabel="Contribution", ylabel="Feature")
+    return _png(figure)
+
+
+def residuals_png(y_true: ArrayLike, y_pred: ArrayLike) -> bytes:
+    """Residuals against predictions (bias or heteroscedasticity) and their distribution."""
+    truth, pred = paired_arrays(y_true, y_pred)
+    if truth.size == 0:
+        raise ValueError("residuals need at least one row")
+    residual = truth - pred
+    shown = _subsample(truth.size, MAX_POINTS)
+    figure, (scatter, histogram) = _figure(10, 4, columns=2)
+    scatter.scatter(pred[shown], residual[shown], s=4, alpha=0.4)
+    scatter.axhline(0.0, color="grey", linestyle="--")
+    scatter.set(title="Residuals vs prediction", xlabel="Predicted", ylabel="Actual - predicted")
+    histogram.hist(residual, bins=50, color="tab:blue")
+    histogram.set(title="Residual distribution", xlabel="Actual - predicted", ylabel="Rows")
+    return _png(figure)
