@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export MLOPS_STATE_DIR ?= $(CURDIR)/.mlops_state
 export DAGSTER_HOME ?= $(MLOPS_STATE_DIR)/dagster_home
 
-.PHONY: run test lint ui benchmark
+.PHONY: run test lint ui mlflow benchmark
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,3 +28,6 @@ ui: $(BIN)/.installed
 
 benchmark: $(BIN)/.installed
 	$(BIN)/python benchmarks/feature_repository.py
+
+mlflow: $(BIN)/.installed
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLOPS_STATE_DIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000

@@ -47,7 +47,7 @@ def run_pipeline(months: str) -> int:
     start, end = _month_range(months)
     instance = DagsterInstance.get()
     tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
-    for job_name, job_tags in (("ingestion_job", tags), ("feature_repository_job", {})):
+    for job_name, job_tags in (("ingestion_job", tags), ("continuous_training_job", {})):
         result = defs.resolve_job_def(job_name).execute_in_process(
             instance=instance, tags=job_tags, raise_on_error=False
         )
@@ -55,8 +55,24 @@ def run_pipeline(months: str) -> int:
             print(f"{job_name} failed (run {result.run_id}); see `make ui` for details", file=sys.stderr)
             return 1
         print(f"{job_name}: run {result.run_id} succeeded")
-    print(f"State: {state_dir()}\nDagster UI: make ui  (http://127.0.0.1:3000)")
+    print(where_to_look())
     return 0
+
+
+def where_to_look() -> str:
+    """The champion now in the registry, and the commands that open both UIs."""
+    from mlops_assets.registry.registry import CHAMPION, alias_version
+    from mlops_assets.resources import TaskResource
+    from mlops_assets.tracking import MlflowResource
+
+    tracking, task = MlflowResource(), TaskResource().get()
+    champion = alias_version(tracking.client(), task.model_name, CHAMPION)
+    return (
+        f"Champion: {task.model_name} version {champion or 'none'} (models:/{task.model_name}@{CHAMPION})\n"
+        f"State folder: {state_dir()}\n"
+        "Dagster UI: make ui       -> http://127.0.0.1:3000\n"
+        "MLflow UI:  make mlflow   -> http://127.0.0.1:5000"
+    )
 
 
 def land(path: Path, table: str, month: str) -> int:

@@ -1,43 +1,72 @@
-"""The asset graph, jobs and resources: what `dagster dev` and the CLI load."""
+"""The asset graph, jobs and resources: what `dagster dev` and the CLI load.
+
+The graph follows the task file (MLOPS_TASK): the flights task includes ingestion and the
+feature repository; a single-table task starts at its training set.
+"""
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import dagster as dg
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
+from mlops_assets.evaluation.assets import model_evaluation
 from mlops_assets.features.assets import feature_assets
-from mlops_assets.ingestion.assets import ingestion_assets
+from mlops_assets.features.views import FEATURE_VIEWS
+from mlops_assets.ingestion.assets import REFERENCE_TABLES, ingestion_assets
 from mlops_assets.partitions import monthly_partitions
-from mlops_assets.resources import LakeResource, OnlineStoreResource
-from mlops_assets.settings import executor_name
-from mlops_assets.training.assets import training_set
-
-monthly_ingestion = dg.AssetSelection.assets("flights", "weather")
-
-ingestion_job = dg.define_asset_job(
-    "ingestion_job", selection=monthly_ingestion, partitions_def=monthly_partitions,
-    description="Ingest and validate one month (or a range) of flights and weather.",
-)
-feature_repository_job = dg.define_asset_job(
-    "feature_repository_job",
-    selection=dg.AssetSelection.groups("features", "training")
-    | dg.AssetSelection.assets("planes", "airlines", "airports"),
-    description="Reference tables, feature views, online store and training set from validated months.",
-)
-
+from mlops_assets.registry.assets import champion_model, registered_model_version, serving_infra_validation
+from mlops_assets.registry.jobs import approve_model, rollback_champion
+from mlops_assets.resources import LakeResource, OnlineStoreResource, TaskResource
+from mlops_assets.settings import executor_name, task_path
+from mlops_assets.task import load_task
+from mlops_assets.tracking import MlflowResource
+from mlops_assets.training.assets import candidate_model, training_set_factory
 
 EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+MODEL_GROUPS = ("training", "evaluation", "registry")
 
 
-def build_definitions() -> dg.Definitions:
+def _flights_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
+    return [
+        dg.define_asset_job(
+            "ingestion_job", selection=dg.AssetSelection.assets("flights", "weather"),
+            partitions_def=monthly_partitions,
+            description="Ingest and validate one month (or a range) of flights and weather.",
+        ),
+        dg.define_asset_job(
+            "feature_repository_job",
+            selection=dg.AssetSelection.groups("features") | dg.AssetSelection.assets("training_set", *REFERENCE_TABLES),
+            description="Reference tables, feature views, online store and training set from validated months.",
+        ),
+        dg.define_asset_job(
+            "continuous_training_job",
+            selection=dg.AssetSelection.groups("features", *MODEL_GROUPS) | dg.AssetSelection.assets(*REFERENCE_TABLES),
+            description="Features -> training set -> tuned candidate -> evaluation vs champion -> registry and promotion.",
+            tags={"mlops/stage": "training"},
+        ),
+    ]
+
+
+def build_definitions(task_file: Path | None = None, resources: dict | None = None) -> dg.Definitions:
+    task_file = task_file or task_path()
+    task = load_task(task_file)
+    model_assets = [candidate_model, model_evaluation, registered_model_version, champion_model]
+    if task.source.kind == "feature_repository":
+        assets = [*ingestion_assets, *feature_assets, training_set_factory(["flights", *FEATURE_VIEWS]), *model_assets]
+        jobs = _flights_jobs()
+    else:
+        assets = [training_set_factory([]), *model_assets]
+        jobs = [dg.define_asset_job("continuous_training_job", selection=dg.AssetSelection.groups(*MODEL_GROUPS),
+                                    tags={"mlops/stage": "training"})]
+    default_resources = {"lake": LakeResource(), "online": OnlineStoreResource(),
+                         "task": TaskResource(path=str(task_file)), "mlflow_tracking": MlflowResource()}
     return dg.Definitions(
-        assets=[*ingestion_assets, *feature_assets, training_set],
-        jobs=[ingestion_job, feature_repository_job],
-        resources={"lake": LakeResource(), "online": OnlineStoreResource()},
-        executor=EXECUTORS[executor_name()],
+        assets=assets, asset_checks=[serving_infra_validation], jobs=[*jobs, approve_model, rollback_champion],
+        resources={**default_resources, **(resources or {})}, executor=EXECUTORS[executor_name()],
     )
 
 

@@ -133,6 +133,10 @@ class Lake:
             raise FileNotFoundError(f"no validated {table} batches in {self.root / 'warehouse' / table}")
         return pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed")
 
+    def read_source_table(self, path: str | Path) -> pl.DataFrame:
+        """A single-table task's data file (CSV or parquet)."""
+        return read_table_file(Path(path))
+
     def read_reference(self, table: str) -> pl.DataFrame:
         return pl.read_parquet(self.batch_path(table))
 
@@ -202,3 +206,20 @@ def read_training_set(lake: Lake, content_hash: str | None = None) -> tuple[pl.D
             raise FileNotFoundError(f"no training set yet ({pointer}); materialize training_set first")
         content_hash = json.loads(pointer.read_text())["hash"]
     return pl.read_parquet(training_set_dir(lake.root) / f"{content_hash}.parquet"), content_hash
+
+
+def write_record(lake: Lake, name: str, record: dict) -> Path:
+    """Small JSON hand-offs between assets (e.g. which MLflow run holds the candidate)."""
+    path = lake.root / "records" / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def read_record(lake: Lake, name: str) -> dict:
+    path = lake.root / "records" / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{name} has not been materialized yet ({path})")
+    return json.loads(path.read_text())

@@ -8,7 +8,8 @@ import dagster as dg
 
 from mlops_assets.features.online_store import OnlineStore
 from mlops_assets.lake import Lake
-from mlops_assets.settings import DATA_DIR, state_dir
+from mlops_assets.settings import DATA_DIR, state_dir, task_path
+from mlops_assets.task import TaskConfig, load_task
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -28,3 +29,12 @@ class OnlineStoreResource(dg.ConfigurableResource):
 
     def get(self) -> OnlineStore:
         return OnlineStore(Path(self.path))
+
+
+class TaskResource(dg.ConfigurableResource):
+    """The ML task (label, features, slices, gate) from its YAML file."""
+
+    path: str = str(task_path())
+
+    def get(self) -> TaskConfig:
+        return load_task(Path(self.path))

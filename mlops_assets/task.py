@@ -5,14 +5,11 @@ Flights is the default task; a single-table task needs only another YAML file (s
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-from mlops_assets.settings import task_path
 
 
 class Strict(BaseModel):
@@ -40,6 +37,14 @@ class GateConfig(Strict):
     tolerance: float = Field(0.01, ge=0)
     slice_tolerance: float = Field(0.03, ge=0)
     min_slice_rows: int = Field(500, ge=1)
+
+
+class InfraConfig(Strict):
+    """Infra validation: canary rows scored by the registered model in a fresh process."""
+
+    canary_rows: int = Field(200, ge=1)
+    latency_budget_ms: float = Field(50.0, gt=0)
+    timeout_seconds: float = Field(300.0, gt=0)
 
 
 class SourceConfig(Strict):
@@ -73,6 +78,7 @@ class TaskConfig(Strict):
     split: SplitConfig = SplitConfig()
     tuning: TuningConfig = TuningConfig()
     gate: GateConfig = GateConfig()
+    infra: InfraConfig = InfraConfig()
     promotion: Literal["auto", "manual"] = "auto"
     prediction_lead_hours: float = Field(2.0, ge=0)
     delayed_minutes: int = 15
@@ -96,8 +102,3 @@ def load_task(path: Path) -> TaskConfig:
     if relative and not Path(relative).is_absolute():
         raw["source"]["path"] = str((path.parent / relative).resolve())
     return TaskConfig.model_validate(raw)
-
-
-@lru_cache(maxsize=1)
-def current_task() -> TaskConfig:
-    return load_task(task_path())

@@ -24,8 +24,7 @@ from mlops_assets.features.views import (
 )
 from mlops_assets.lake import Lake
 from mlops_assets.metadata import frame_metadata
-from mlops_assets.resources import LakeResource, OnlineStoreResource
-from mlops_assets.task import current_task
+from mlops_assets.resources import LakeResource, OnlineStoreResource, TaskResource
 
 GROUP = "features"
 
@@ -65,10 +64,10 @@ DELAY_VIEWS = (route_delay_view, carrier_delay_view, origin_delay_view, origin_d
 
 
 @dg.multi_asset(specs=[_spec(v, ["flights"]) for v in DELAY_VIEWS], can_subset=False)
-def delay_stats(lake: LakeResource) -> Iterator[dg.MaterializeResult]:
+def delay_stats(lake: LakeResource, task: TaskResource) -> Iterator[dg.MaterializeResult]:
     """Trailing delay statistics, computed once from the flight events for all four views."""
     store = lake.get()
-    lead = timedelta(hours=current_task().prediction_lead_hours)
+    lead = timedelta(hours=task.get().prediction_lead_hours)
     events = transforms.flight_events(store.read_batches("flights"), lead)
     yield store_view(store, route_delay_view, transforms.arrival_delay_stats(events, ["origin", "dest"], "route"))
     yield store_view(store, carrier_delay_view, transforms.arrival_delay_stats(events, ["carrier"], "carrier"))

@@ -1,0 +1,106 @@
+"""Registry: every candidate becomes a version; blessing and infra validation gate the aliases."""
+
+import dagster as dg
+import polars as pl
+
+from mlops_assets.lake import read_record, read_training_set, write_record
+from mlops_assets.registry import registry
+from mlops_assets.registry.infra import validate_serving
+from mlops_assets.registry.model_card import model_card
+from mlops_assets.resources import LakeResource, TaskResource
+from mlops_assets.tracking import MlflowResource, code_version, load_tabular_model, log_bytes
+from mlops_assets.training.dataset import SPLIT
+from mlops_assets.training.model import client_frame
+
+GROUP = "registry"
+BLESSED = "challenger_is_blessed"
+INFRA = "serving_infra_validation"
+
+
+def version_tags(candidate: dict, evaluation: dict, run_id: str, task_name: str) -> dict[str, str]:
+    overall = evaluation["challenger"]["overall"]
+    return {
+        "training_set_hash": candidate["training_set_hash"], "task": task_name,
+        "blessed": str(evaluation["blessed"]).lower(),
+        "blessing_reasons": "; ".join(evaluation["reasons"])[:4000] or "passed all floors and comparisons",
+        "dagster_run_id": run_id, "code_version": code_version(), "mlflow_run_id": candidate["run_id"],
+        **{f"metric.{k}": f"{v:.6f}" for k, v in overall.items()},
+    }
+
+
+@dg.asset(group_name=GROUP, deps=["model_evaluation"], kinds={"mlflow"},
+          check_specs=[dg.AssetCheckSpec(BLESSED, asset="registered_model_version", blocking=True,
+                                         description="Floors and no regression vs champion (overall and slices).")])
+def registered_model_version(context: dg.AssetExecutionContext, lake: LakeResource, task: TaskResource,
+                             mlflow_tracking: MlflowResource) -> dg.MaterializeResult:
+    """The candidate as a new registry version, tagged with data, metrics, verdict and provenance."""
+    spec, store = task.get(), lake.get()
+    candidate, evaluation = read_record(store, "candidate_model"), read_record(store, "model_evaluation")
+    client = mlflow_tracking.client()
+    tags = version_tags(candidate, evaluation, context.run.run_id, spec.name)
+    version = registry.register_version(client, spec.model_name, candidate["model_uri"], candidate["run_id"],
+                                        tags, description=f"{spec.description.strip()} Verdict: {tags['blessed']}.")
+    card = model_card(spec, version, candidate, evaluation, tags["code_version"])
+    log_bytes(candidate["run_id"], card, "model_card.md")
+    write_record(store, "registered_model_version", {"name": spec.model_name, "version": version, **candidate})
+    return dg.MaterializeResult(
+        metadata={"model": spec.model_name, "version": version, "blessed": evaluation["blessed"],
+                  "registry": dg.MetadataValue.url(mlflow_tracking.model_url(spec.model_name, version)),
+                  "model_card": dg.MetadataValue.md(card)},
+        check_results=[dg.AssetCheckResult(
+            check_name=BLESSED, passed=bool(evaluation["blessed"]),
+            description="; ".join(evaluation["reasons"]) or "blessed",
+            metadata={"reasons": dg.MetadataValue.json(evaluation["reasons"])},
+        )],
+    )
+
+
+@dg.asset_check(asset="registered_model_version", name=INFRA, blocking=True,
+                description="Loads the version from the registry in a fresh process; canary predictions and latency.")
+def serving_infra_validation(lake: LakeResource, task: TaskResource,
+                             mlflow_tracking: MlflowResource) -> dg.AssetCheckResult:
+    spec, store = task.get(), lake.get()
+    registered = read_record(store, "registered_model_version")
+    frame, _ = read_training_set(store, registered["training_set_hash"])
+    model = load_tabular_model(registered["model_uri"])
+    canary = client_frame(frame.filter(pl.col(SPLIT) == "test").head(spec.infra.canary_rows).to_pandas(), model)
+    expected = model.predict(canary)
+    uri = f"models:/{registered['name']}/{registered['version']}"
+    report = validate_serving(uri, canary, expected, mlflow_tracking.env(), spec.infra.latency_budget_ms,
+                              spec.infra.timeout_seconds)
+    client = mlflow_tracking.client()
+    client.set_model_version_tag(registered["name"], registered["version"], "infra_valid", str(report.passed).lower())
+    client.set_model_version_tag(registered["name"], registered["version"], "infra_reasons", "; ".join(report.reasons) or "ok")
+    return dg.AssetCheckResult(passed=report.passed, description="; ".join(report.reasons) or f"{uri} serves identically",
+                               metadata={**report.figures, "model_uri": uri})
+
+
+@dg.asset(group_name=GROUP, deps=["registered_model_version"], kinds={"mlflow"})
+def champion_model(context: dg.AssetExecutionContext, lake: LakeResource, task: TaskResource,
+                   mlflow_tracking: MlflowResource) -> dg.MaterializeResult:
+    """Aliases after the gates: `challenger` on the blessed version, `champion` by the promotion policy."""
+    spec, store = task.get(), lake.get()
+    registered = read_record(store, "registered_model_version")
+    name, version = registered["name"], registered["version"]
+    client = mlflow_tracking.client()
+    registry.assert_promotable(client, name, version)
+    registry.move_alias(client, name, registry.CHALLENGER, version, "bless", "continuous_training_job",
+                        "blessed and infra-validated", context.run.run_id)
+    if spec.promotion == "auto":
+        registry.promote(client, name, version, "promote", "continuous_training_job (policy: auto)",
+                         "blessed and infra-validated", context.run.run_id)
+        outcome = f"version {version} is the champion"
+    else:
+        outcome = f"version {version} awaits approval: run approve_model with version {version}"
+    context.log.info(outcome)
+    return champion_metadata(client, name, outcome, mlflow_tracking)
+
+
+def champion_metadata(client, name: str, outcome: str, tracking: MlflowResource) -> dg.MaterializeResult:
+    champion = registry.alias_version(client, name, registry.CHAMPION)
+    return dg.MaterializeResult(metadata={
+        "outcome": outcome, "champion_version": champion or "none",
+        "challenger_version": registry.alias_version(client, name, registry.CHALLENGER) or "none",
+        "alias_history": dg.MetadataValue.md(registry.history_markdown(registry.alias_history(client, name))),
+        "registry": dg.MetadataValue.url(tracking.model_url(name, champion or "1")),
+    })

@@ -1,0 +1,63 @@
+"""Infra validation: load the registered model exactly as serving will, in a fresh process.
+
+The child process loads `models:/<name>/<version>` as pyfunc from the registry, scores the
+canary rows in one batch and then row by row (timed); the parent compares its predictions with
+the in-process ones and the latency with the budget.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+PROBE_MODULE = "mlops_assets.registry.infra_probe"
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class InfraReport:
+    passed: bool
+    reasons: list[str]
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+def validate_serving(model_uri: str, canary: pd.DataFrame, expected: np.ndarray, env: dict[str, str],
+                     latency_budget_ms: float, timeout_seconds: float) -> InfraReport:
+    """Run the probe in a fresh interpreter and judge what it returns."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rows, out = Path(tmp) / "canary.parquet", Path(tmp) / "result.json"
+        canary.to_parquet(rows)
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", PROBE_MODULE, model_uri, str(rows), str(out)],
+                env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout_seconds,
+            )
+        except subprocess.TimeoutExpired:
+            return InfraReport(False, [f"loading and scoring {model_uri} took over {timeout_seconds:.0f} s"])
+        if proc.returncode != 0 or not out.exists():
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            return InfraReport(False, [f"{model_uri} could not be loaded or scored in a fresh process: {last}"])
+        result = json.loads(out.read_text())
+    return judge(np.asarray(result["predictions"]), expected, result, latency_budget_ms)
+
+
+def judge(got: np.ndarray, expected: np.ndarray, result: dict, latency_budget_ms: float) -> InfraReport:
+    reasons = []
+    max_diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape and got.size else float("inf")
+    if not max_diff <= TOLERANCE:
+        reasons.append(f"served predictions differ from in-process ones (max |diff| {max_diff:.3g})")
+    p99 = float(result["single_row_p99_ms"])
+    if p99 > latency_budget_ms:
+        reasons.append(f"single-row p99 latency {p99:.1f} ms exceeds the budget {latency_budget_ms} ms")
+    figures = {"max_abs_diff": max_diff, "load_seconds": float(result["load_seconds"]),
+               "single_row_p50_ms": float(result["single_row_p50_ms"]), "single_row_p99_ms": p99,
+               "canary_rows": float(got.size)}
+    return InfraReport(not reasons, reasons, figures)

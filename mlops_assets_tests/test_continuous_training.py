@@ -1,0 +1,111 @@
+"""The continuous-training chain end to end on four real months, and its governance bad cases.
+
+One module-scoped platform: the first run makes a champion, later tests build on it in order.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from mlops_assets.registry import registry
+from mlops_assets_tests.pipeline_env import PipelineEnv
+
+MODEL = "flights_arrival_delay"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> PipelineEnv:
+    root = tmp_path_factory.mktemp("ct")
+    platform = PipelineEnv(root, root / "task.yaml", dg.DagsterInstance.ephemeral())
+    platform.write_task()
+    assert platform.ingest("2013-01", "2013-04").success
+    return platform
+
+
+def client(env: PipelineEnv):
+    return env.resources["mlflow_tracking"].client()
+
+
+def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {e.event_specific_data.check_name: e.event_specific_data.passed
+            for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+
+
+def test_first_run_registers_and_promotes_a_champion_with_card_and_plots(env: PipelineEnv) -> None:
+    result = env.run("continuous_training_job")
+    assert result.success
+    assert checks(result) == {**checks(result), "challenger_is_blessed": True, "serving_infra_validation": True}
+    c = client(env)
+    assert registry.alias_version(c, MODEL, registry.CHAMPION) == "1"
+    version = c.get_model_version(MODEL, "1")
+    assert version.tags["blessed"] == "true" and version.tags["infra_valid"] == "true"
+    assert version.tags["training_set_hash"] and float(version.tags["metric.auc"]) > 0.6
+    artifacts = {a.path for a in c.list_artifacts(version.run_id)} | {
+        a.path for a in c.list_artifacts(version.run_id, "plots")} | {a.path for a in c.list_artifacts(version.run_id, "evaluation")}
+    for expected in ("model_card.md", "plots/roc.png", "plots/pr.png", "plots/calibration.png",
+                     "plots/feature_importance.png", "plots/shap_summary.png", "evaluation/report.md"):
+        assert expected in artifacts
+    run = c.get_run(version.run_id)
+    assert run.data.tags["dagster_run_id"] == result.run_id and "code_version" in run.data.tags
+    assert {i.dataset.name for i in run.inputs.dataset_inputs} == {
+        "training_set_train", "training_set_validation", "training_set_test"}
+    trials = c.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
+    assert len(trials) == 1
+
+
+def test_forced_worse_challenger_is_rejected_with_reasons_and_champion_kept(env: PipelineEnv) -> None:
+    env.write_task(**{"features": ["distance"], "categorical": [], "source.feature_views": []})
+    result = env.run("continuous_training_job")
+    assert not result.success
+    assert checks(result)["challenger_is_blessed"] is False
+    c = client(env)
+    assert registry.alias_version(c, MODEL, registry.CHAMPION) == "1"
+    rejected = c.get_model_version(MODEL, "2")
+    assert rejected.tags["blessed"] == "false" and "vs champion" in rejected.tags["blessing_reasons"]
+
+
+def test_approving_an_unblessed_version_is_refused(env: PipelineEnv) -> None:
+    config = {"ops": {"approve_version": {"config": {"version": "2", "reason": "looks fine", "approver": "alice"}}}}
+    result = env.run("approve_model", config=config)
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert "was not blessed" in failure.event_specific_data.error_display_string
+    assert registry.alias_version(client(env), MODEL, registry.CHAMPION) == "1"
+
+
+def test_unloadable_model_is_not_promoted(env: PipelineEnv) -> None:
+    env.write_task()
+    defs = env.defs()
+    upstream = defs.resolve_job_def("continuous_training_job")
+    assert upstream.execute_in_process(instance=env.instance, raise_on_error=False,
+                                       asset_selection=[dg.AssetKey("training_set"), dg.AssetKey("candidate_model"),
+                                                        dg.AssetKey("model_evaluation")]).success
+    artifacts = Path(env.root / "artifacts")
+    for pickled in artifacts.rglob("python_model.pkl"):
+        if pickled.stat().st_mtime == max(p.stat().st_mtime for p in artifacts.rglob("python_model.pkl")):
+            pickled.write_bytes(b"not a pickle")
+    result = upstream.execute_in_process(
+        instance=env.instance, raise_on_error=False,
+        asset_selection=[dg.AssetKey("registered_model_version"), dg.AssetKey("champion_model")])
+    assert not result.success
+    assert checks(result)["serving_infra_validation"] is False
+    c = client(env)
+    assert c.get_model_version(MODEL, "3").tags["infra_valid"] == "false"
+    assert registry.alias_version(c, MODEL, registry.CHAMPION) == "1"
+
+
+def test_new_champion_then_rollback_restores_the_previous_one(env: PipelineEnv) -> None:
+    assert env.run("continuous_training_job").success
+    c = client(env)
+    assert registry.alias_version(c, MODEL, registry.CHAMPION) == "4"
+    config = {"ops": {"rollback_to_previous": {"config": {"reason": "complaints", "requested_by": "bob"}}}}
+    assert env.run("rollback_champion", config=config).success
+    assert registry.alias_version(c, MODEL, registry.CHAMPION) == "1"
+    history = registry.alias_history(c, MODEL)
+    assert [(e["alias"], e["action"], e["version"]) for e in history if e["alias"] == "champion"] == [
+        ("champion", "promote", "1"), ("champion", "promote", "4"), ("champion", "rollback", "1")]
+    assert history[-1]["actor"] == "bob" and history[-1]["reason"] == "complaints"
+    assert not env.run("rollback_champion", config=config).success
