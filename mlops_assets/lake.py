@@ -13,8 +13,12 @@ import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 LANDING_SUFFIXES = (".parquet", ".csv")
 
@@ -223,3 +227,20 @@ def read_record(lake: Lake, name: str) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"{name} has not been materialized yet ({path})")
     return json.loads(path.read_text())
+
+
+EXPECTED = "__expected_prediction"
+
+
+def write_canary(lake: Lake, canary: pd.DataFrame) -> Path:
+    """Canary rows with the trainer's in-process predictions, for infra validation to compare with."""
+    path = lake.root / "records" / "canary.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canary.to_parquet(path)
+    return path
+
+
+def read_canary(lake: Lake) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.read_parquet(lake.root / "records" / "canary.parquet")

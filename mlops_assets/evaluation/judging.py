@@ -32,8 +32,13 @@ def judge(candidate: TabularModel, champion: TabularModel | None, test: pl.DataF
     raw = test.to_pandas()
     scores = candidate.predict(raw)
     challenger_eval = evaluate_scores(test, scores, task)
-    champion_eval = evaluate_scores(test, champion.predict(raw), task) if champion is not None else None
     shap, contributions = explain(candidate, test)
+    try:
+        champion_eval = evaluate_scores(test, champion.predict(raw), task) if champion is not None else None
+    except KeyError as exc:
+        verdict = Verdict(False, [f"the champion cannot be scored on the challenger's test rows ({exc}); "
+                                  "compare by hand and use approve_model"], pl.DataFrame())
+        return Judgement(challenger_eval, None, verdict, shap, contributions, scores)
     return Judgement(challenger_eval, champion_eval, bless(challenger_eval, champion_eval, task), shap,
                      contributions, scores)
 

@@ -1,16 +1,13 @@
 """Registry: every candidate becomes a version; blessing and infra validation gate the aliases."""
 
 import dagster as dg
-import polars as pl
 
-from mlops_assets.lake import read_record, read_training_set, write_record
+from mlops_assets.lake import EXPECTED, read_canary, read_record, write_record
 from mlops_assets.registry import registry
 from mlops_assets.registry.infra import validate_serving
 from mlops_assets.registry.model_card import model_card
 from mlops_assets.resources import LakeResource, TaskResource
-from mlops_assets.tracking import MlflowResource, code_version, load_tabular_model, log_bytes
-from mlops_assets.training.dataset import SPLIT
-from mlops_assets.training.model import client_frame
+from mlops_assets.tracking import MlflowResource, code_version, log_bytes
 
 GROUP = "registry"
 BLESSED = "challenger_is_blessed"
@@ -61,10 +58,8 @@ def serving_infra_validation(lake: LakeResource, task: TaskResource,
                              mlflow_tracking: MlflowResource) -> dg.AssetCheckResult:
     spec, store = task.get(), lake.get()
     registered = read_record(store, "registered_model_version")
-    frame, _ = read_training_set(store, registered["training_set_hash"])
-    model = load_tabular_model(registered["model_uri"])
-    canary = client_frame(frame.filter(pl.col(SPLIT) == "test").head(spec.infra.canary_rows).to_pandas(), model)
-    expected = model.predict(canary)
+    canary = read_canary(store)
+    expected = canary.pop(EXPECTED).to_numpy()
     uri = f"models:/{registered['name']}/{registered['version']}"
     report = validate_serving(uri, canary, expected, mlflow_tracking.env(), spec.infra.latency_budget_ms,
                               spec.infra.timeout_seconds)

@@ -7,7 +7,14 @@ import polars as pl
 
 from mlops_assets.features.transforms import flight_events
 from mlops_assets.features.views import FEATURE_VIEWS
-from mlops_assets.lake import Lake, read_training_set, write_record, write_training_set
+from mlops_assets.lake import (
+    EXPECTED,
+    Lake,
+    read_training_set,
+    write_canary,
+    write_record,
+    write_training_set,
+)
 from mlops_assets.metadata import frame_metadata
 from mlops_assets.resources import LakeResource, TaskResource
 from mlops_assets.task import TaskConfig
@@ -15,6 +22,7 @@ from mlops_assets.tracking import MlflowResource
 from mlops_assets.training.dataset import SPLIT, content_hash, flight_training_set, model_features
 from mlops_assets.training.dataset_table import table_training_set
 from mlops_assets.training.mlflow_logging import log_candidate
+from mlops_assets.training.model import client_frame
 
 GROUP = "training"
 
@@ -22,7 +30,7 @@ GROUP = "training"
 def build_training_frame(store: Lake, task: TaskConfig) -> pl.DataFrame:
     if task.source.kind == "table":
         return table_training_set(store.read_source_table(task.source.path), task)
-    views = [FEATURE_VIEWS[name] for name in task.source.feature_views]
+    views = list(FEATURE_VIEWS.values())  # every view, so any champion can be scored on the same rows
     events = flight_events(store.read_batches("flights"), timedelta(hours=task.prediction_lead_hours))
     return flight_training_set(events, [(v, store.read_view(v.name)) for v in views], task)
 
@@ -61,9 +69,11 @@ def candidate_model(context: dg.AssetExecutionContext, lake: LakeResource, task:
     """LightGBM tuned with optuna (each trial a nested MLflow run), early-stopped on validation months."""
     spec, store = task.get(), lake.get()
     frame, digest = read_training_set(store)
-    logged = log_candidate(frame, digest, spec, task_features(spec), mlflow_tracking,
-                           {"dagster_run_id": context.run.run_id, "dagster_asset_key": "candidate_model"})
+    model, logged = log_candidate(frame, digest, spec, task_features(spec), mlflow_tracking,
+                                  {"dagster_run_id": context.run.run_id, "dagster_asset_key": "candidate_model"})
     write_record(store, "candidate_model", logged)
+    canary = client_frame(frame.filter(pl.col(SPLIT) == "test").head(spec.infra.canary_rows).to_pandas(), model)
+    write_canary(store, canary.assign(**{EXPECTED: model.predict(canary)}))
     context.log.info(f"candidate: {logged['n_trials']} trials, validation {spec.metric} {logged['validation_score']:.4f}")
     return dg.MaterializeResult(metadata={
         "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(logged["experiment_id"], logged["run_id"])),

@@ -12,7 +12,7 @@ from mlops_assets.evaluation import plots
 from mlops_assets.task import TaskConfig
 from mlops_assets.tracking import MlflowResource, code_version, log_bytes
 from mlops_assets.training.dataset import SPLIT
-from mlops_assets.training.model import PyfuncModel, client_frame, optional_signature
+from mlops_assets.training.model import PyfuncModel, TabularModel, client_frame, optional_signature
 from mlops_assets.training.tuning import TrialOutcome, feature_importance, train_candidate
 
 MODEL_NAME_IN_RUN = "model"
@@ -42,7 +42,7 @@ def _log_datasets(frame: pl.DataFrame, digest: str, task: TaskConfig) -> dict[st
 
 
 def log_candidate(frame: pl.DataFrame, digest: str, task: TaskConfig, features: list[str],
-                  tracking: MlflowResource, tags: dict[str, str]) -> dict:
+                  tracking: MlflowResource, tags: dict[str, str]) -> tuple[TabularModel, dict]:
     """Train (tuned) inside an MLflow run and log everything needed to reproduce and judge it."""
     experiment_id = tracking.configure()
     train = frame.filter(pl.col(SPLIT) == "train")
@@ -64,7 +64,7 @@ def log_candidate(frame: pl.DataFrame, digest: str, task: TaskConfig, features: 
             signature=optional_signature(example, candidate.model.predict(example)),
             pip_requirements=pip_requirements(),
         )
-    return {
+    return candidate.model, {
         "run_id": run.info.run_id, "experiment_id": experiment_id, "model_uri": info.model_uri,
         "validation_score": candidate.validation_score, "best_iteration": candidate.best_iteration,
         "params": candidate.params, "n_trials": len(candidate.trials), "features": features,
