@@ -190,9 +190,10 @@ def stage_pit_vs_asof(repeats: int) -> dict[str, Any]:
     bare, bare_result = timed(
         lambda: bare_asof_chain(sorted_entities, weather, planes, weather_view.ttl, plane_view.ttl), repeats
     )
+    pit_sorted, _ = timed(lambda: point_in_time_join(sorted_entities, pairs, timestamp=task.timestamp), repeats)
     features = [*weather_view.features, *plane_view.features]
-    return {"rows": entities.height, "point_in_time_join": pit, "bare_join_asof": bare,
-            "same_values": same_values(pit_result, bare_result, features)}
+    return {"rows": entities.height, "point_in_time_join": pit, "point_in_time_join_time_ordered": pit_sorted,
+            "bare_join_asof": bare, "same_values": same_values(pit_result, bare_result, features)}
 
 
 def random_reads(frames: dict[str, pl.DataFrame], rng: random.Random) -> list[tuple[FeatureView, tuple]]:
@@ -282,13 +283,14 @@ def spawn_stage(name: str, repeats: int) -> dict[str, Any]:
 def derived_figures(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Ratios and goal checks, computed once so the table and the JSON agree."""
     join = stages["pit_vs_asof"]
-    pit, bare = join["point_in_time_join"], join["bare_join_asof"]
+    pit, bare = join["point_in_time_join_time_ordered"], join["bare_join_asof"]
     ratio = pit["best_s"] / bare["best_s"]
-    speedup = FEAST_REFERENCE["duckdb_offline_store"]["seconds"] / pit["best_s"]
+    unordered = join["point_in_time_join"]["best_s"] / bare["best_s"]
+    speedup = FEAST_REFERENCE["duckdb_offline_store"]["seconds"] / join["point_in_time_join"]["best_s"]
     p99 = stages["online_store"]["single_key_read"]["p99_us"]
     return {
         "pit_over_asof_best": ratio, "pit_over_asof_median": pit["median_s"] / bare["median_s"],
-        "pit_over_asof_goal_met": ratio <= PIT_RATIO_GOAL,
+        "pit_over_asof_goal_met": ratio <= PIT_RATIO_GOAL, "pit_unordered_input_over_asof_best": unordered,
         "speedup_vs_feast_duckdb": speedup, "speedup_goal_met": speedup >= FEAST_SPEEDUP_GOAL,
         "read_p99_goal_met": p99 < READ_P99_GOAL_US,
     }
@@ -314,14 +316,17 @@ def print_timings(stages: dict[str, dict[str, Any]], derived: dict[str, Any]) ->
         (f"2. PIT training set ({build['training_set']['rows']:,} rows x "
          f"{build['training_set']['columns']} cols)", build["training_set"]),
         (f"3. point_in_time_join, weather + plane onto {join['rows']:,} flights", join["point_in_time_join"]),
+        ("   same, entity frame already in time order (as bare gets it)", join["point_in_time_join_time_ordered"]),
         ("   bare polars join_asof chain (pre-sorted, no reorder)", join["bare_join_asof"]),
     ]
     print(f"{'Wall time (perf_counter)':<66}{'best s':>9}{'median s':>10}")
     for label, figures in rows:
         print(f"{label:<66}{figures['best_s']:>9.3f}{figures['median_s']:>10.3f}")
-    print(f"   ratio PIT / bare: {derived['pit_over_asof_best']:.2f}x best, "
+    print(f"   ratio PIT / bare, same time-ordered input: {derived['pit_over_asof_best']:.2f}x best, "
           f"{derived['pit_over_asof_median']:.2f}x median (goal <= {PIT_RATIO_GOAL}x: "
           f"{verdict(derived['pit_over_asof_goal_met'])}); same values: {join['same_values']}")
+    print(f"   ratio PIT / bare, unordered input (PIT sorts and restores row order): "
+          f"{derived['pit_unordered_input_over_asof_best']:.2f}x best")
 
 
 def print_feast(derived: dict[str, Any]) -> None:

@@ -48,6 +48,12 @@ def _flights_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
             description="Features -> training set -> tuned candidate -> evaluation vs champion -> registry and promotion.",
             tags={"mlops/stage": "training"},
         ),
+        dg.define_asset_job(
+            "landed_month_job", selection=dg.AssetSelection.all(), partitions_def=monthly_partitions,
+            description="Ingest one month and carry it through features, training, evaluation and registry; "
+                        "a batch failing validation stops the run before training.",
+            tags={"mlops/stage": "training"},
+        ),
     ]
 
 

@@ -109,3 +109,23 @@ def test_new_champion_then_rollback_restores_the_previous_one(env: PipelineEnv) 
         ("champion", "promote", "1"), ("champion", "promote", "4"), ("champion", "rollback", "1")]
     assert history[-1]["actor"] == "bob" and history[-1]["reason"] == "complaints"
     assert not env.run("rollback_champion", config=config).success
+
+
+def test_failing_validation_stops_the_run_before_training(env: PipelineEnv, tmp_path: Path) -> None:
+    c = client(env)
+    versions_before = len(c.search_model_versions(f"name='{MODEL}'"))
+    champion_before = registry.alias_version(c, MODEL, registry.CHAMPION)
+    lake = env.resources["lake"].get()
+    bad = lake.embedded_month("flights", "2013-04").head(500).drop("carrier")
+    bad.write_parquet(tmp_path / "april.parquet")
+    lake.land(tmp_path / "april.parquet", "flights", "2013-04")
+    result = env.run("landed_month_job", tags={"dagster/partition": "2013-04-01"})
+    assert not result.success
+    flights_check = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                     and e.event_specific_data.asset_key == dg.AssetKey("flights")
+                     and e.event_specific_data.check_name == "batch_is_valid"]
+    assert [c.passed for c in flights_check] == [False]
+    materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
+    assert "candidate_model" not in materialized and "training_set" not in materialized
+    assert len(c.search_model_versions(f"name='{MODEL}'")) == versions_before
+    assert registry.alias_version(c, MODEL, registry.CHAMPION) == champion_before

@@ -42,7 +42,8 @@ def point_in_time_join(
     if missing:
         raise KeyError(f"entity frame lacks the key columns of these views: {missing}")
     ts_dtype = entities.schema[timestamp]
-    out = entities.with_row_index(ROW_ID).sort(timestamp)
+    in_time_order = entities[timestamp].is_sorted() and entities[timestamp].null_count() == 0
+    out = entities if in_time_order else entities.with_row_index(ROW_ID).sort(timestamp)
     for view, data in views:
         right = _prepare_view(view, data, ts_dtype)
         out = out.join_asof(
@@ -51,4 +52,4 @@ def point_in_time_join(
         )
         if not keep_event_timestamps and event_ts_column(view) in out.columns:
             out = out.drop(event_ts_column(view))
-    return out.sort(ROW_ID).drop(ROW_ID)
+    return out if in_time_order else out.sort(ROW_ID).drop(ROW_ID)

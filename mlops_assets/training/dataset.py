@@ -63,7 +63,7 @@ def flight_training_set(
     entities = request_features(
         labelled.select(*REQUEST_COLUMNS, "prediction_time", "is_delayed",
                         pl.date(pl.col("year"), pl.col("month"), 1).dt.strftime("%Y-%m").alias(MONTH))
-    ).with_columns(distance_band=distance_band(pl.col("distance")))
+    ).with_columns(distance_band=distance_band(pl.col("distance"))).sort(task.timestamp)
     joined = point_in_time_join(entities, views, timestamp=task.timestamp)
     return assign_splits(joined, task.split)
 
