@@ -44,6 +44,7 @@ def validate_serving(model_uri: str, canary: pd.DataFrame, expected: np.ndarray,
             return InfraReport(False, [f"loading and scoring {model_uri} took over {timeout_seconds:.0f} s"])
         if proc.returncode != 0 or not out.exists():
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            last = last if len(last) <= 300 else "..." + last[-300:]
             return InfraReport(False, [f"{model_uri} could not be loaded or scored in a fresh process: {last}"])
         result = json.loads(out.read_text())
     return judge(np.asarray(result["predictions"]), expected, result, latency_budget_ms)
