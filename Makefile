@@ -17,6 +17,7 @@ run: $(BIN)/.installed
 	$(BIN)/mlops-assets run
 
 test: $(BIN)/.installed lint
+	$(BIN)/mlops-assets init >/dev/null
 	$(BIN)/pytest
 
 lint: $(BIN)/.installed

@@ -13,6 +13,7 @@ import dagster as dg
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
+from mlops_assets.batch_scoring.assets import batch_predictions
 from mlops_assets.evaluation.assets import model_evaluation
 from mlops_assets.features.assets import feature_assets
 from mlops_assets.features.views import FEATURE_VIEWS
@@ -49,7 +50,12 @@ def _flights_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
             tags={"mlops/stage": "training"},
         ),
         dg.define_asset_job(
-            "landed_month_job", selection=dg.AssetSelection.all(), partitions_def=monthly_partitions,
+            "batch_scoring_job", selection=dg.AssetSelection.assets("batch_predictions"),
+            partitions_def=monthly_partitions, description="Score a month of scheduled flights with the champion.",
+        ),
+        dg.define_asset_job(
+            "landed_month_job", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("batch_predictions"),
+            partitions_def=monthly_partitions,
             description="Ingest one month and carry it through features, training, evaluation and registry; "
                         "a batch failing validation stops the run before training.",
             tags={"mlops/stage": "training"},
@@ -62,7 +68,8 @@ def build_definitions(task_file: Path | None = None, resources: dict | None = No
     task = load_task(task_file)
     model_assets = [candidate_model, model_evaluation, registered_model_version, champion_model]
     if task.source.kind == "feature_repository":
-        assets = [*ingestion_assets, *feature_assets, training_set_factory(["flights", *FEATURE_VIEWS]), *model_assets]
+        assets = [*ingestion_assets, *feature_assets, training_set_factory(["flights", *FEATURE_VIEWS]), *model_assets,
+                  batch_predictions]
         jobs = _flights_jobs()
     else:
         assets = [training_set_factory([]), *model_assets]

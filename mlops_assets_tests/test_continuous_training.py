@@ -129,3 +129,14 @@ def test_failing_validation_stops_the_run_before_training(env: PipelineEnv, tmp_
     assert "candidate_model" not in materialized and "training_set" not in materialized
     assert len(c.search_model_versions(f"name='{MODEL}'")) == versions_before
     assert registry.alias_version(c, MODEL, registry.CHAMPION) == champion_before
+
+
+def test_batch_predictions_score_every_flight_of_the_month_with_the_champion(env: PipelineEnv) -> None:
+    champion = registry.alias_version(client(env), MODEL, registry.CHAMPION)
+    result = env.run("batch_scoring_job", tags={"dagster/partition": "2013-03-01"})
+    assert result.success
+    lake = env.resources["lake"].get()
+    scored = lake.read_batches("batch_predictions", ["2013-03"])
+    assert scored.height == lake.read_batches("flights", ["2013-03"]).height
+    assert scored["model_version"].unique().to_list() == [champion]
+    assert scored["probability"].is_between(0, 1).all()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,10 +30,11 @@ def test_every_job_and_asset_resolves() -> None:
     assert graph.get(dg.AssetKey("flights")).partitions_def is not None
 
 
-def test_workspace_points_at_the_package() -> None:
+def test_workspace_points_at_the_package(tmp_path: Path) -> None:
     assert "module_name: mlops_assets" in (PROJECT_ROOT / "workspace.yaml").read_text()
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "MLOPS_STATE_DIR": str(tmp_path / "state")}
     out = subprocess.run([sys.executable, "-m", "dagster", "job", "list", "-m", "mlops_assets"],
-                         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+                         capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     listed = {line.removeprefix("Job: ").strip() for line in out.stdout.splitlines() if line.startswith("Job: ")}
     assert listed >= JOBS

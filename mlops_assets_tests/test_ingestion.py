@@ -14,7 +14,7 @@ import pytest
 from mlops_assets.features.assets import delay_stats
 from mlops_assets.ingestion.assets import flights
 from mlops_assets.lake import Lake
-from mlops_assets.resources import LakeResource
+from mlops_assets.resources import LakeResource, TaskResource
 from mlops_assets.settings import DATA_DIR
 
 MONTH = "2013-03"
@@ -28,7 +28,7 @@ def instance() -> dg.DagsterInstance:
 def materialize(lake: Lake, instance: dg.DagsterInstance, assets: list, partition: str = MONTH):
     return dg.materialize(
         assets, partition_key=f"{partition}-01", instance=instance, raise_on_error=False,
-        resources={"lake": LakeResource(state_dir=str(lake.root), data_dir=str(DATA_DIR))},
+        resources={"lake": LakeResource(state_dir=str(lake.root), data_dir=str(DATA_DIR)), "task": TaskResource()},
     )
 
 
