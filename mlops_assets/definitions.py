@@ -13,6 +13,8 @@ import dagster as dg
 
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
+from mlops_assets.alerts import AlertSink
+from mlops_assets.automation.sensors import landing_folder_sensor, retraining_schedule, run_failure_alert
 from mlops_assets.batch_scoring.assets import batch_predictions
 from mlops_assets.evaluation.assets import model_evaluation
 from mlops_assets.features.assets import feature_assets
@@ -71,14 +73,18 @@ def build_definitions(task_file: Path | None = None, resources: dict | None = No
         assets = [*ingestion_assets, *feature_assets, training_set_factory(["flights", *FEATURE_VIEWS]), *model_assets,
                   batch_predictions]
         jobs = _flights_jobs()
+        sensors = [landing_folder_sensor, run_failure_alert]
     else:
         assets = [training_set_factory([]), *model_assets]
         jobs = [dg.define_asset_job("continuous_training_job", selection=dg.AssetSelection.groups(*MODEL_GROUPS),
                                     tags={"mlops/stage": "training"})]
+        sensors = [run_failure_alert]
     default_resources = {"lake": LakeResource(), "online": OnlineStoreResource(),
-                         "task": TaskResource(path=str(task_file)), "mlflow_tracking": MlflowResource()}
+                         "task": TaskResource(path=str(task_file)), "mlflow_tracking": MlflowResource(),
+                         "alerts": AlertSink()}
     return dg.Definitions(
         assets=assets, asset_checks=[serving_infra_validation], jobs=[*jobs, approve_model, rollback_champion],
+        sensors=sensors, schedules=[retraining_schedule],
         resources={**default_resources, **(resources or {})}, executor=EXECUTORS[executor_name()],
     )
 

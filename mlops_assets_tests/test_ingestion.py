@@ -164,3 +164,18 @@ def test_partition_range_runs_in_one_step_and_is_all_or_nothing(lake: Lake, inst
     result = defs.resolve_job_def("range").execute_in_process(instance=instance, tags=tags, raise_on_error=False)
     assert not result.success
     assert lake.available_months("flights") == []
+
+
+def test_soft_failure_warns_but_the_batch_is_kept(lake: Lake, instance: dg.DagsterInstance) -> None:
+    """Real February weather has one impossible wind reading (1048 mph): a WARN, not a block."""
+    from mlops_assets.ingestion.assets import weather
+
+    result = materialize(lake, instance, [weather], partition="2013-02")
+    assert result.success
+    evaluations = {e.event_specific_data.check_name: e.event_specific_data for e in result.all_events
+                   if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert evaluations["batch_is_valid"].passed
+    assert not evaluations["batch_quality"].passed
+    assert evaluations["batch_quality"].severity == dg.AssetCheckSeverity.WARN
+    assert "wind_speed" in evaluations["batch_quality"].description
+    assert lake.batch_path("weather", "2013-02").exists()

@@ -1,0 +1,44 @@
+"""Automation under the daemon: landed files, periodic retraining, failed runs -> alerts."""
+
+import json
+import os
+
+import dagster as dg
+
+from mlops_assets.alerts import AlertSink
+from mlops_assets.automation.landing import landed_files, new_files
+from mlops_assets.ingestion.assets import MONTHLY_TABLES
+from mlops_assets.resources import LakeResource
+
+SEEN_LIMIT = 1000
+RETRAIN_CRON = os.environ.get("MLOPS_RETRAIN_CRON", "0 6 1 * *")
+
+
+@dg.sensor(job_name="landed_month_job", minimum_interval_seconds=30,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="One run per new file in the landing folder (run key = content identity).")
+def landing_folder_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
+    seen = set(json.loads(context.cursor)["seen"]) if context.cursor else set()
+    fresh = new_files(landed_files(lake.get().landing_dir, MONTHLY_TABLES), seen)
+    requests = [
+        dg.RunRequest(run_key=f.identity, partition_key=f"{f.month}-01",
+                      tags={"mlops/landed_file": str(f.path), "mlops/table": f.table})
+        for f in fresh
+    ]
+    remembered = (sorted(seen) + [f.identity for f in fresh])[-SEEN_LIMIT:]
+    return dg.SensorResult(run_requests=requests, cursor=json.dumps({"seen": remembered}))
+
+
+retraining_schedule = dg.ScheduleDefinition(
+    name="retraining_schedule", job_name="continuous_training_job", cron_schedule=RETRAIN_CRON,
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Periodic retraining (monthly by default; MLOPS_RETRAIN_CRON to change).",
+)
+
+
+@dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING, monitor_all_code_locations=False,
+                       description="Every failed run becomes an ERROR alert (alert log and webhook).")
+def run_failure_alert(context: dg.RunFailureSensorContext, alerts: AlertSink) -> None:
+    run = context.dagster_run
+    alerts.send("ERROR", f"run:{run.job_name}", f"run {run.run_id} of {run.job_name} failed: "
+                f"{context.failure_event.message}", {"run_id": run.run_id, "tags": dict(run.tags)})
