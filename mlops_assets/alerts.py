@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import httpx
 
-from mlops_assets.settings import state_dir
+from mlops_assets.settings import alert_webhook, state_dir
 
 SEVERITIES = ("WARN", "ERROR")
 _lock = threading.Lock()
@@ -26,7 +26,7 @@ class AlertSink(dg.ConfigurableResource):
     """Writes every alert to `alerts.jsonl`; posts it to `webhook_url` when one is configured."""
 
     path: str = str(state_dir() / "alerts" / "alerts.jsonl")
-    webhook_url: str = ""
+    webhook_url: str = alert_webhook()
     timeout_seconds: float = 5.0
 
     def send(self, severity: str, source: str, message: str, details: dict | None = None) -> dict:

@@ -30,3 +30,8 @@ def executor_name() -> str:
     if value not in {"in_process", "multiprocess"}:
         raise ValueError(f"MLOPS_EXECUTOR must be 'in_process' or 'multiprocess', not {value!r}")
     return value
+
+
+def alert_webhook() -> str:
+    """Where alerts are posted besides the alert log (MLOPS_ALERT_WEBHOOK; empty = log only)."""
+    return os.environ.get("MLOPS_ALERT_WEBHOOK", "")

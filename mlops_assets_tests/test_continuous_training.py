@@ -131,6 +131,24 @@ def test_failing_validation_stops_the_run_before_training(env: PipelineEnv, tmp_
     assert registry.alias_version(c, MODEL, registry.CHAMPION) == champion_before
 
 
+def test_manual_policy_waits_for_approval_which_records_who_and_why(env: PipelineEnv) -> None:
+    env.write_task(promotion="manual")
+    c = client(env)
+    before = registry.alias_version(c, MODEL, registry.CHAMPION)
+    result = env.run("continuous_training_job")
+    assert result.success
+    candidate = registry.alias_version(c, MODEL, registry.CHALLENGER)
+    assert candidate != before and registry.alias_version(c, MODEL, registry.CHAMPION) == before
+    outcome = result.asset_materializations_for_node("champion_model")[0].metadata["outcome"].value
+    assert f"awaits approval: run approve_model with version {candidate}" in outcome
+    config = {"ops": {"approve_version": {"config": {"version": candidate, "reason": "card reviewed",
+                                                     "approver": "carol"}}}}
+    assert env.run("approve_model", config=config).success
+    assert registry.alias_version(c, MODEL, registry.CHAMPION) == candidate
+    last = registry.alias_history(c, MODEL)[-1]
+    assert (last["action"], last["actor"], last["reason"], last["previous"]) == ("approve", "carol", "card reviewed", before)
+    env.write_task()
+
 def test_batch_predictions_score_every_flight_of_the_month_with_the_champion(env: PipelineEnv) -> None:
     champion = registry.alias_version(client(env), MODEL, registry.CHAMPION)
     result = env.run("batch_scoring_job", tags={"dagster/partition": "2013-03-01"})
