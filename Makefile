@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 export MLOPS_STATE_DIR ?= $(CURDIR)/.mlops_state
 export DAGSTER_HOME ?= $(MLOPS_STATE_DIR)/dagster_home
 
-.PHONY: run test lint ui mlflow benchmark
+.PHONY: run test lint ui mlflow serve benchmark
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,3 +32,6 @@ benchmark: $(BIN)/.installed
 
 mlflow: $(BIN)/.installed
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLOPS_STATE_DIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+
+serve: $(BIN)/.installed
+	$(BIN)/python -m mlops_assets.serving --host 127.0.0.1 --port 8000 --workers 1

@@ -1,0 +1,118 @@
+"""HTTP plumbing: request ids, timing and the last-resort 500 (one pure ASGI middleware), body reading.
+
+A pure ASGI middleware rather than `BaseHTTPMiddleware`: it adds microseconds, not a task per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import TypeVar
+
+import pydantic_core
+from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mlops_assets.serving.errors import ClientError, body_problem, error_response, problems_of
+from mlops_assets.serving.metrics import Metrics
+
+log = logging.getLogger(__name__)
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+ENDPOINTS = frozenset({"/v1/predict", "/v1/predict/batch", "/health", "/ready", "/metrics"})
+INTERNAL_ERROR = "internal error; quote the request id when reporting it"
+Body = TypeVar("Body", bound=BaseModel)
+
+
+def request_id_of(scope: Scope) -> str:
+    """The caller's X-Request-ID when it is a sane token, else a new uuid4."""
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if REQUEST_ID.match(text):
+                return text
+    return str(uuid.uuid4())
+
+
+class ObserveMiddleware:
+    """Request id in and out, latency and status into the metrics, and a generic 500 for any escape."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = request_id_of(scope)
+        scope.setdefault("state", {}).update(request_id=request_id, started=started)
+        status, responded = 500, False
+        header = (b"x-request-id", request_id.encode("latin-1"))
+
+        async def observed(message: Message) -> None:
+            nonlocal status, responded
+            if message["type"] == "http.response.start":
+                status, responded = message["status"], True
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed)
+        except Exception:
+            log.exception("unhandled error in request %s", request_id)
+            if not responded:
+                await error_response(500, INTERNAL_ERROR, request_id)(scope, receive, observed)
+        finally:
+            path = scope.get("path", "")
+            self.metrics.observe(
+                path if path in ENDPOINTS else "other", status, time.perf_counter() - started
+            )
+
+
+async def read_json_body(request: Request, limit: int) -> bytes:
+    """The raw body, after checking the media type (415), the size (413) and emptiness (400)."""
+    media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise ClientError(415, body_problem("Content-Type must be application/json"))
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ClientError(413, body_problem(f"body larger than the limit of {limit} bytes"))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ClientError(413, body_problem(f"body larger than the limit of {limit} bytes"))
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        raise ClientError(400, body_problem("request body is empty; send a JSON object"))
+    return body
+
+
+def parse_body(model: type[Body], body: bytes, context: dict[str, object]) -> Body:
+    """Validate straight from JSON bytes; invalid JSON is a 400, invalid fields a 422 naming them."""
+    try:
+        return model.model_validate_json(body, context=context)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        if any(e["type"] == "json_invalid" for e in errors):
+            raise ClientError(400, body_problem("body is not valid JSON")) from None
+        raise ClientError(422, problems_of(errors)) from None
+
+
+def check_batch_size(body: bytes, limit: int) -> None:
+    """Refuse an oversized batch (413, naming the limit) before validating thousands of instances."""
+    try:
+        data = pydantic_core.from_json(body)
+    except ValueError:
+        raise ClientError(400, body_problem("body is not valid JSON")) from None
+    instances = data.get("instances") if isinstance(data, dict) else None
+    if isinstance(instances, list) and len(instances) > limit:
+        raise ClientError(
+            413,
+            [{"field": "instances", "problem": f"{len(instances)} instances; at most {limit} per request"}],
+        )
