@@ -9,6 +9,7 @@ from pathlib import Path
 
 from mlops_assets.settings import state_dir
 
+MONITORS = ("drift_report", "skew_report", "model_performance", "ab_test_report")
 DAGSTER_YAML = """\
 # Written by `mlops-assets init`: embedded SQLite storage under the project's state folder.
 telemetry:
@@ -84,6 +85,37 @@ def land(path: Path, table: str, month: str) -> int:
     return 0
 
 
+def replay(month: str) -> int:
+    """Send the month's scheduled flights through the in-process service, then table the log."""
+    from mlops_assets.lake import Lake
+    from mlops_assets.monitoring.replay import replay_month
+    from mlops_assets.resources import TaskResource
+    from mlops_assets.serving.config import from_env
+    from mlops_assets.settings import DATA_DIR
+    from mlops_assets.tracking import MlflowResource
+
+    root = state_dir()
+    config = from_env(state_dir=root, online_store_path=root / "replay" / "online_store.db",
+                      tracking_uri=MlflowResource().tracking_uri)
+    result = replay_month(Lake(root, DATA_DIR), month, config, TaskResource().get())
+    print(f"replayed {result.requests} flights of {month} over {result.days} days; failed batches: {result.failures}")
+    return 1 if result.failures else materialize_month(["prediction_log"], month)
+
+
+def materialize_month(assets: list[str], month: str) -> int:
+    """Materialize monthly assets for one month in the state folder's Dagster instance."""
+    from dagster import AssetKey, DagsterInstance
+
+    from mlops_assets.definitions import build_definitions
+
+    ensure_dagster_home()
+    job = build_definitions().resolve_implicit_global_asset_job_def()
+    run = job.execute_in_process(instance=DagsterInstance.get(), partition_key=f"{month}-01", raise_on_error=False,
+                                 asset_selection=[AssetKey(a) for a in assets])
+    print(f"{', '.join(assets)} {month}: {'succeeded' if run.success else 'failed'} (run {run.run_id})")
+    return 0 if run.success else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops-assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -93,12 +125,24 @@ def main(argv: list[str] | None = None) -> int:
     landing.add_argument("path", type=Path)
     landing.add_argument("--table", required=True, choices=["flights", "weather"])
     landing.add_argument("--month", required=True, help="YYYY-MM the file claims to hold")
+    replaying = sub.add_parser("replay", help="send a month of scheduled flights through the service")
+    replaying.add_argument("--month", required=True, help="YYYY-MM")
+    labels = sub.add_parser("land-labels", help="land a month's ground truth (arrivals)")
+    labels.add_argument("--month", required=True, help="YYYY-MM")
+    monitor = sub.add_parser("monitor", help="drift, skew, live performance and A/B reports for a month")
+    monitor.add_argument("--month", required=True, help="YYYY-MM")
     sub.add_parser("init", help="create the Dagster home in the state folder and print it")
     args = parser.parse_args(argv)
     if args.command == "run":
         return run_pipeline(args.months)
     if args.command == "land":
         return land(args.path, args.table, args.month)
+    if args.command == "replay":
+        return replay(args.month)
+    if args.command == "land-labels":
+        return materialize_month(["ground_truth"], args.month)
+    if args.command == "monitor":
+        return materialize_month(list(MONITORS), args.month)
     print(ensure_dagster_home())
     return 0
 

@@ -14,12 +14,18 @@ import dagster as dg
 warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from mlops_assets.alerts import AlertSink
-from mlops_assets.automation.sensors import landing_folder_sensor, retraining_schedule, run_failure_alert
+from mlops_assets.automation.sensors import (
+    landing_folder_sensor,
+    monitor_retraining_sensor,
+    retraining_schedule,
+    run_failure_alert,
+)
 from mlops_assets.batch_scoring.assets import batch_predictions
 from mlops_assets.evaluation.assets import model_evaluation
 from mlops_assets.features.assets import feature_assets
 from mlops_assets.features.views import FEATURE_VIEWS
 from mlops_assets.ingestion.assets import REFERENCE_TABLES, ingestion_assets
+from mlops_assets.monitoring.assets import monitoring_assets
 from mlops_assets.partitions import monthly_partitions
 from mlops_assets.registry.assets import champion_model, registered_model_version, serving_infra_validation
 from mlops_assets.registry.jobs import approve_model, rollback_champion
@@ -52,11 +58,16 @@ def _flights_jobs() -> list[dg.UnresolvedAssetJobDefinition]:
             tags={"mlops/stage": "training"},
         ),
         dg.define_asset_job(
+            "monitoring_job", selection=dg.AssetSelection.groups("monitoring"), partitions_def=monthly_partitions,
+            description="Prediction log, labels, drift, skew, live performance and A/B reports for a month.",
+        ),
+        dg.define_asset_job(
             "batch_scoring_job", selection=dg.AssetSelection.assets("batch_predictions"),
             partitions_def=monthly_partitions, description="Score a month of scheduled flights with the champion.",
         ),
         dg.define_asset_job(
-            "landed_month_job", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("batch_predictions"),
+            "landed_month_job",
+            selection=dg.AssetSelection.all() - dg.AssetSelection.assets("batch_predictions") - dg.AssetSelection.groups("monitoring"),
             partitions_def=monthly_partitions,
             description="Ingest one month and carry it through features, training, evaluation and registry; "
                         "a batch failing validation stops the run before training.",
@@ -71,9 +82,9 @@ def build_definitions(task_file: Path | None = None, resources: dict | None = No
     model_assets = [candidate_model, model_evaluation, registered_model_version, champion_model]
     if task.source.kind == "feature_repository":
         assets = [*ingestion_assets, *feature_assets, training_set_factory(["flights", *FEATURE_VIEWS]), *model_assets,
-                  batch_predictions]
+                  batch_predictions, *monitoring_assets]
         jobs = _flights_jobs()
-        sensors = [landing_folder_sensor, run_failure_alert]
+        sensors = [landing_folder_sensor, run_failure_alert, monitor_retraining_sensor]
     else:
         assets = [training_set_factory([]), *model_assets]
         jobs = [dg.define_asset_job("continuous_training_job", selection=dg.AssetSelection.groups(*MODEL_GROUPS),

@@ -47,6 +47,19 @@ class InfraConfig(Strict):
     timeout_seconds: float = Field(300.0, gt=0)
 
 
+class MonitoringConfig(Strict):
+    """Alert thresholds of the monitors (WARN first, ERROR beyond) and the retraining cool-down."""
+
+    drift_warn_share: float = Field(0.3, ge=0, le=1)
+    drift_error_share: float = Field(0.5, ge=0, le=1)
+    skew_warn_rate: float = Field(0.05, ge=0, le=1)
+    skew_error_rate: float = Field(0.5, ge=0, le=1)
+    auc_drop_warn: float = Field(0.03, ge=0)
+    auc_drop_error: float = Field(0.06, ge=0)
+    retrain_on: Literal["WARN", "ERROR"] = "ERROR"
+    retrain_cooldown_hours: float = Field(6.0, ge=0)
+
+
 class SourceConfig(Strict):
     """Where the rows come from: the flights feature repository, or one table file."""
 
@@ -79,6 +92,7 @@ class TaskConfig(Strict):
     tuning: TuningConfig = TuningConfig()
     gate: GateConfig = GateConfig()
     infra: InfraConfig = InfraConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
     promotion: Literal["auto", "manual"] = "auto"
     prediction_lead_hours: float = Field(2.0, ge=0)
     delayed_minutes: int = 15

@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import yaml
 
+from mlops_assets.alerts import AlertSink
 from mlops_assets.definitions import build_definitions
 from mlops_assets.resources import LakeResource, OnlineStoreResource, TaskResource
 from mlops_assets.settings import DATA_DIR, TASKS_DIR
@@ -31,6 +32,7 @@ class PipelineEnv:
             "task": TaskResource(path=str(self.task_file)),
             "mlflow_tracking": MlflowResource(tracking_uri=f"sqlite:///{self.root / 'mlflow.db'}",
                                               artifact_root=str(self.root / "artifacts")),
+            "alerts": AlertSink(path=str(self.root / "state" / "alerts" / "alerts.jsonl"), webhook_url=""),
         }
 
     def defs(self) -> dg.Definitions:

@@ -2,13 +2,16 @@
 
 import json
 import os
+from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 
 from mlops_assets.alerts import AlertSink
 from mlops_assets.automation.landing import landed_files, new_files
+from mlops_assets.automation.retraining import RetrainState, decide
 from mlops_assets.ingestion.assets import MONTHLY_TABLES
-from mlops_assets.resources import LakeResource
+from mlops_assets.resources import LakeResource, TaskResource
 
 SEEN_LIMIT = 1000
 RETRAIN_CRON = os.environ.get("MLOPS_RETRAIN_CRON", "0 6 1 * *")
@@ -42,3 +45,20 @@ def run_failure_alert(context: dg.RunFailureSensorContext, alerts: AlertSink) ->
     run = context.dagster_run
     alerts.send("ERROR", f"run:{run.job_name}", f"run {run.run_id} of {run.job_name} failed: "
                 f"{context.failure_event.message}", {"run_id": run.run_id, "tags": dict(run.tags)})
+
+
+@dg.sensor(job_name="continuous_training_job", minimum_interval_seconds=60,
+           default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Retrains when drift or live-performance checks raise alerts; one run per cool-down.")
+def monitor_retraining_sensor(context: dg.SensorEvaluationContext, alerts: AlertSink,
+                              task: TaskResource) -> dg.SensorResult:
+    config = task.get().monitoring
+    state = RetrainState(**json.loads(context.cursor)) if context.cursor else RetrainState()
+    decision = decide(alerts.read(), state, datetime.now(UTC), config.retrain_on,
+                      timedelta(hours=config.retrain_cooldown_hours))
+    cursor = json.dumps(asdict(decision.state))
+    if not decision.retrain:
+        return dg.SensorResult(skip_reason=decision.reason, cursor=cursor)
+    request = dg.RunRequest(run_key=f"monitor-retrain-{decision.state.last_trigger}",
+                            tags={"mlops/trigger": "monitors", "mlops/reason": decision.reason[:200]})
+    return dg.SensorResult(run_requests=[request], cursor=cursor)
