@@ -82,10 +82,7 @@ def build_views(sources: dict[str, pl.DataFrame], lead: timedelta) -> tuple[pl.D
     frames = {
         "weather_features": tf.weather_features(sources["weather"]),
         "plane_features": tf.plane_features(sources["planes"]),
-        "route_delay_stats": tf.arrival_delay_stats(events, ["origin", "dest"], "route"),
-        "carrier_delay_stats": tf.arrival_delay_stats(events, ["carrier"], "carrier"),
-        "origin_delay_stats": tf.arrival_delay_stats(events, ["origin"], "origin"),
-        "origin_departure_stats": tf.departure_delay_stats(events),
+        **tf.delay_views(events),
     }
     return events, frames
 

@@ -75,10 +75,7 @@ def training_set() -> tuple[pl.DataFrame, list[str]]:
     frames = {
         "weather_features": tf.weather_features(pl.read_parquet(DATA_DIR / "weather.parquet")),
         "plane_features": tf.plane_features(pl.read_parquet(DATA_DIR / "planes.parquet")),
-        "route_delay_stats": tf.arrival_delay_stats(events, ["origin", "dest"], "route"),
-        "carrier_delay_stats": tf.arrival_delay_stats(events, ["carrier"], "carrier"),
-        "origin_delay_stats": tf.arrival_delay_stats(events, ["origin"], "origin"),
-        "origin_departure_stats": tf.departure_delay_stats(events),
+        **tf.delay_views(events),
     }
     views = [(FEATURE_VIEWS[name], frames[name]) for name in task.source.feature_views]
     return flight_training_set(events, views, task), model_features(task, [view for view, _ in views])

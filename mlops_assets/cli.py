@@ -116,6 +116,43 @@ def materialize_month(assets: list[str], month: str) -> int:
     return 0 if run.success else 1
 
 
+def story(initial: str, months: str) -> int:
+    """Initial months and a champion, then later months one by one, unattended (see automation/story.py)."""
+    from dagster import DagsterInstance
+
+    from mlops_assets.automation.story import Story
+    from mlops_assets.definitions import build_definitions
+    from mlops_assets.serving.config import from_env
+    from mlops_assets.tracking import MlflowResource
+
+    if run_pipeline(initial) != 0:
+        return 1
+    root = state_dir()
+    defs = build_definitions()
+    lake = defs.resources["lake"].get()
+    config = from_env(state_dir=root, online_store_path=root / "replay" / "online_store.db",
+                      tracking_uri=MlflowResource().tracking_uri)
+    teller = Story(defs, DagsterInstance.get(), config, print)
+    first, _, last = months.partition("..")
+    for month in _months_between(first, last or first):
+        teller.month(month, lambda m: _deliver(lake, m))
+    print(where_to_look())
+    return 0
+
+
+def _months_between(first: str, last: str) -> list[str]:
+    (y1, m1), (y2, m2) = (tuple(int(p) for p in x.split("-")) for x in (first, last))
+    return [f"{y}-{m:02d}" for y in range(y1, y2 + 1) for m in range(1, 13) if (y1, m1) <= (y, m) <= (y2, m2)]
+
+
+def _deliver(lake, month: str) -> None:
+    """The upstream system delivers the month as a parquet file in the landing folder."""
+    path = lake.root / "deliveries" / f"flights_{month}.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lake.embedded_month("flights", month).write_parquet(path)
+    lake.land(path, "flights", month)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops-assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,12 +168,17 @@ def main(argv: list[str] | None = None) -> int:
     labels.add_argument("--month", required=True, help="YYYY-MM")
     monitor = sub.add_parser("monitor", help="drift, skew, live performance and A/B reports for a month")
     monitor.add_argument("--month", required=True, help="YYYY-MM")
+    telling = sub.add_parser("story", help="the unattended loop: initial months, then months landing one by one")
+    telling.add_argument("--initial", default="2013-01..2013-06", help="months ingested before the story")
+    telling.add_argument("--months", default="2013-07..2013-09", help="months that land one by one")
     sub.add_parser("init", help="create the Dagster home in the state folder and print it")
     args = parser.parse_args(argv)
     if args.command == "run":
         return run_pipeline(args.months)
     if args.command == "land":
         return land(args.path, args.table, args.month)
+    if args.command == "story":
+        return story(args.initial, args.months)
     if args.command == "replay":
         return replay(args.month)
     if args.command == "land-labels":

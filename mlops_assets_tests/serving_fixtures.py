@@ -22,12 +22,6 @@ from mlops_assets.features import transforms
 from mlops_assets.features.online_store import OnlineStore
 from mlops_assets.features.views import (
     FEATURE_VIEWS,
-    carrier_delay_view,
-    origin_delay_view,
-    origin_departure_view,
-    plane_view,
-    route_delay_view,
-    weather_view,
 )
 from mlops_assets.registry import registry
 from mlops_assets.serving.config import ServingConfig
@@ -56,15 +50,8 @@ def view_frames(
     flights: pl.DataFrame, weather: pl.DataFrame, lead: timedelta
 ) -> list[tuple[object, pl.DataFrame]]:
     """The six feature views computed by the platform's own transforms (as features/assets.py does)."""
-    events = transforms.flight_events(flights, lead)
-    return [
-        (weather_view, transforms.weather_features(weather)),
-        (plane_view, transforms.plane_features(pl.read_parquet(DATA_DIR / "planes.parquet"))),
-        (route_delay_view, transforms.arrival_delay_stats(events, ["origin", "dest"], "route")),
-        (carrier_delay_view, transforms.arrival_delay_stats(events, ["carrier"], "carrier")),
-        (origin_delay_view, transforms.arrival_delay_stats(events, ["origin"], "origin")),
-        (origin_departure_view, transforms.departure_delay_stats(events)),
-    ]
+    frames = transforms.feature_views(flights, weather, pl.read_parquet(DATA_DIR / "planes.parquet"), lead)
+    return [(FEATURE_VIEWS[name], frame) for name, frame in frames.items()]
 
 
 @dataclass

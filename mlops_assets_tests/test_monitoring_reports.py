@@ -32,10 +32,7 @@ def _views(events: pl.DataFrame, weather: pl.DataFrame) -> list:
     frames = {
         "weather_features": transforms.weather_features(weather),
         "plane_features": transforms.plane_features(pl.read_parquet(DATA_DIR / "planes.parquet")),
-        "route_delay_stats": transforms.arrival_delay_stats(events, ["origin", "dest"], "route"),
-        "carrier_delay_stats": transforms.arrival_delay_stats(events, ["carrier"], "carrier"),
-        "origin_delay_stats": transforms.arrival_delay_stats(events, ["origin"], "origin"),
-        "origin_departure_stats": transforms.departure_delay_stats(events),
+        **transforms.delay_views(events),
     }
     return [(FEATURE_VIEWS[name], frame) for name, frame in frames.items()]
 

@@ -69,10 +69,8 @@ def delay_stats(lake: LakeResource, task: TaskResource) -> Iterator[dg.Materiali
     store = lake.get()
     lead = timedelta(hours=task.get().prediction_lead_hours)
     events = transforms.flight_events(store.read_batches("flights"), lead)
-    yield store_view(store, route_delay_view, transforms.arrival_delay_stats(events, ["origin", "dest"], "route"))
-    yield store_view(store, carrier_delay_view, transforms.arrival_delay_stats(events, ["carrier"], "carrier"))
-    yield store_view(store, origin_delay_view, transforms.arrival_delay_stats(events, ["origin"], "origin"))
-    yield store_view(store, origin_departure_view, transforms.departure_delay_stats(events))
+    for name, data in transforms.delay_views(events).items():
+        yield store_view(store, FEATURE_VIEWS[name], data)
 
 
 @dg.asset(group_name=GROUP, deps=list(FEATURE_VIEWS), kinds={"sqlite"})

@@ -120,3 +120,20 @@ def departure_delay_stats(events: pl.DataFrame) -> pl.DataFrame:
 def with_event_month(df: pl.DataFrame, ts: str) -> pl.DataFrame:
     """Add the month of the event time, the partition column of the offline store."""
     return df.with_columns(month=pl.col(ts).dt.strftime("%Y-%m"))
+
+
+def delay_views(events: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """The four trailing-delay views from one frame of flight events, by view name."""
+    return {
+        "route_delay_stats": arrival_delay_stats(events, ["origin", "dest"], "route"),
+        "carrier_delay_stats": arrival_delay_stats(events, ["carrier"], "carrier"),
+        "origin_delay_stats": arrival_delay_stats(events, ["origin"], "origin"),
+        "origin_departure_stats": departure_delay_stats(events),
+    }
+
+
+def feature_views(flights: pl.DataFrame, weather: pl.DataFrame, planes: pl.DataFrame,
+                  lead: timedelta) -> dict[str, pl.DataFrame]:
+    """All six views from the source tables (what the feature assets store), by view name."""
+    return {"weather_features": weather_features(weather), "plane_features": plane_features(planes),
+            **delay_views(flight_events(flights, lead))}
