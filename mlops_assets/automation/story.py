@@ -33,9 +33,12 @@ class Story:
         return self.defs.resources
 
     def _tick(self, sensor: dg.SensorDefinition, name: str) -> list[dg.RunRequest]:
+        """One sensor evaluation, as the daemon's tick would do it; skip reasons are told."""
         context = dg.build_sensor_context(cursor=self.cursors[name], instance=self.instance, resources=self._resources())
         result = sensor(context)
         self.cursors[name] = result.cursor
+        if result.skip_reason is not None:
+            self.say(f"  {sensor.name}: {result.skip_reason.skip_message}")
         return list(result.run_requests or [])
 
     def _launch(self, job: str, request: dg.RunRequest) -> bool:
