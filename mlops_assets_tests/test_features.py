@@ -71,3 +71,14 @@ def test_online_vector_for_one_request_reads_every_view(lake: Lake, flights_samp
     vector = store.read_many([route_delay_view, origin_departure_view], {"origin": "LGA", "dest": "ATL"})
     assert vector["route_delay_stats"].values["route_arrivals_28d"] > 0
     assert vector["origin_departure_stats"].event_time is not None
+
+
+def test_batch_read_returns_what_single_reads_return(lake: Lake, flights_sample: pl.DataFrame) -> None:
+    events = transforms.flight_events(flights_sample, timedelta(hours=2))
+    store = OnlineStore(lake.root / "online.db")
+    store.write_view(route_delay_view, transforms.arrival_delay_stats(events, ["origin", "dest"], "route"))
+    keys = [("LGA", "ATL"), ("JFK", "LAX"), ("EWR", "XXX"), ("LGA", "ATL")]
+    batch = store.read_keys(route_delay_view, keys)
+    assert set(batch) == {("LGA", "ATL"), ("JFK", "LAX")}
+    for key, value in batch.items():
+        assert value == store.read(route_delay_view, key)

@@ -88,6 +88,20 @@ class OnlineStore:
         event_time = datetime.fromtimestamp(row[0] / 1e6, tz=UTC)
         return FeatureValue(json.loads(row[1]), event_time)
 
+    def read_keys(self, view: FeatureView, keys: list[tuple[object, ...]]) -> dict[tuple[object, ...], FeatureValue]:
+        """Many keys of one view in one query (a batch request); absent keys are simply not returned."""
+        wanted = {entity_key(k): k for k in keys}
+        found: dict[tuple[object, ...], FeatureValue] = {}
+        names = list(wanted)
+        for start in range(0, len(names), 500):
+            chunk = names[start:start + 500]
+            rows = self._conn().execute(
+                f'SELECT key, event_us, value FROM "{view.name}" WHERE key IN ({",".join("?" * len(chunk))})', chunk
+            ).fetchall()
+            for key, event_us, value in rows:
+                found[wanted[key]] = FeatureValue(json.loads(value), datetime.fromtimestamp(event_us / 1e6, tz=UTC))
+        return found
+
     def read_many(
         self, views: list[FeatureView], request: dict[str, object]
     ) -> dict[str, FeatureValue]:

@@ -72,13 +72,31 @@ class FeatureLookup:
                 return FeatureValue(None, None)
             raise
 
-    def lookup(self, views: list[FeatureView], keys: dict[str, object], as_of: datetime) -> Lookup:
+    def prefetch(self, views: list[FeatureView], requests: list[dict[str, object]]) -> dict:
+        """One query per view for a whole batch, instead of one per view and row."""
+        cache: dict[tuple[str, tuple[object, ...]], FeatureValue] = {}
+        for view in views:
+            keys = {tuple(r.get(k) for k in view.entity_keys) for r in requests}
+            keys = [k for k in keys if all(part is not None for part in k)]
+            try:
+                values = self.store.read_keys(view, keys)
+            except sqlite3.OperationalError as exc:
+                if "no such table" not in str(exc):
+                    raise
+                values = {}
+            cache.update({(view.name, k): values.get(k, FeatureValue(None, None)) for k in keys})
+        return cache
+
+    def lookup(self, views: list[FeatureView], keys: dict[str, object], as_of: datetime,
+               cache: dict | None = None) -> Lookup:
         """Latest value per view; with `enforce_ttl`, a value older than the view's TTL counts as missing."""
         features: dict[str, object] = {}
         freshness: dict[str, float | None] = {}
         missing: list[str] = []
         for view in views:
-            found = self._read(view, keys)
+            key = tuple(keys.get(k) for k in view.entity_keys)
+            cached = None if cache is None else cache.get((view.name, key))
+            found = cached if cached is not None else self._read(view, keys)
             age = found.age_seconds(as_of)
             if found.values is None or (
                 self.enforce_ttl

@@ -64,6 +64,11 @@ def explanation(
     return {"units": "log-odds", "base_value": float(contributions[-1]), "top": top, "other": rest}
 
 
+def entity_keys(flight: FlightRequest) -> dict[str, object]:
+    """The request fields the feature views are keyed by."""
+    return {"origin": flight.origin, "dest": flight.dest, "carrier": flight.carrier, "tailnum": flight.tailnum}
+
+
 class Service:
     """Owns the model slot, the registry watcher, the online-store lookup and the prediction log."""
 
@@ -114,15 +119,9 @@ class Service:
     def ready(self) -> bool:
         return self.slot.arms.champion is not None
 
-    def _prepare(self, flight: FlightRequest, request_id: str, arms: Arms) -> Prepared:
+    def _prepare(self, flight: FlightRequest, request_id: str, arms: Arms, cache: dict | None) -> Prepared:
         when = prediction_time(flight.scheduled_departure, self.task.prediction_lead_hours)
-        keys = {
-            "origin": flight.origin,
-            "dest": flight.dest,
-            "carrier": flight.carrier,
-            "tailnum": flight.tailnum,
-        }
-        found = self.lookup.lookup(list(arms.views), keys, when)
+        found = self.lookup.lookup(list(arms.views), entity_keys(flight), when, cache)
         row = {
             **found.features,
             **request_feature_values(flight.scheduled_departure, flight.distance),
@@ -148,7 +147,8 @@ class Service:
         if arms.champion is None:
             raise NotReady
         ids = [request_id] if len(flights) == 1 else [f"{request_id}:{i}" for i in range(len(flights))]
-        items = [self._prepare(f, rid, arms) for f, rid in zip(flights, ids, strict=True)]
+        cache = self.lookup.prefetch(list(arms.views), [entity_keys(f) for f in flights]) if len(flights) > 1 else None
+        items = [self._prepare(f, rid, arms, cache) for f, rid in zip(flights, ids, strict=True)]
         answers: list[dict[str, object]] = [{} for _ in items]
         records: list[dict[str, object]] = []
         for arm in sorted({p.arm for p in items}):
