@@ -41,8 +41,11 @@ class Story:
             self.say(f"  {sensor.name}: {result.skip_reason.skip_message}")
         return list(result.run_requests or [])
 
-    def _launch(self, job: str, request: dg.RunRequest) -> bool:
-        tags = {**request.tags, **({"dagster/partition": request.partition_key} if request.partition_key else {})}
+    def _launch(self, job: str, request: dg.RunRequest, sensor: str) -> bool:
+        """Run as the daemon would, tagged with sensor and run key so a daemon never repeats it."""
+        tags = {**request.tags, "dagster/sensor_name": sensor,
+                **({"dagster/run_key": request.run_key} if request.run_key else {}),
+                **({"dagster/partition": request.partition_key} if request.partition_key else {})}
         run = self.defs.resolve_job_def(job).execute_in_process(instance=self.instance, tags=tags, raise_on_error=False)
         self.say(f"  {job} {request.partition_key or ''}: {'succeeded' if run.success else 'failed'} (run {run.run_id})")
         return run.success
@@ -52,7 +55,7 @@ class Story:
         self.say(f"{month}: file lands")
         land(month)
         for request in self._tick(landing_folder_sensor, "landing"):
-            if not self._launch("landed_month_job", request):
+            if not self._launch("landed_month_job", request, landing_folder_sensor.name):
                 return
         lake = self._resources()["lake"].get()
         replayed = replay_month(lake, month, self.serving, self._resources()["task"].get())
@@ -63,4 +66,4 @@ class Story:
         self.say(f"  monitoring: {'succeeded' if monitors.success else 'failed'}")
         for request in self._tick(monitor_retraining_sensor, "retrain"):
             self.say(f"  monitors call for retraining: {request.tags.get('mlops/reason', '')[:120]}")
-            self._launch("continuous_training_job", request)
+            self._launch("continuous_training_job", request, monitor_retraining_sensor.name)
