@@ -15,12 +15,10 @@ Prints a table and writes `benchmarks/results/model_quality.json`.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -39,10 +37,6 @@ if TYPE_CHECKING:
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = PROJECT_ROOT / "benchmarks" / "results" / "model_quality.json"
 TASK_FILE = PROJECT_ROOT / "mlops_assets" / "tasks" / "flights.yaml"
-PACKAGE_MODULES = ("mlops_assets.definitions", "mlops_assets_tests.pipeline_env",
-                   "mlops_assets.training.tuning")
-IMPORT_RETRIES = 6
-IMPORT_RETRY_WAIT_S = 30.0
 QUIET_CPU_PERCENT = 10.0
 QUIET_SAMPLE_S = 2.0
 QUIET_WAIT_LIMIT_S = 15.0
@@ -56,23 +50,6 @@ VARIANTS = {
 }
 ISSUE_REFERENCE = {"model": "schedule + weather + plane", "test_auc": 0.652,
                    "source": "quoted from the issue; not measured by this script"}
-
-
-def import_package() -> None:
-    """The package may be mid-edit by another engineer: retry the imports for a few minutes."""
-    for attempt in range(IMPORT_RETRIES):
-        try:
-            for name in PACKAGE_MODULES:
-                importlib.import_module(name)
-            return
-        except (ImportError, SyntaxError, NameError, AttributeError) as exc:
-            for name in [m for m in sys.modules if m.startswith("mlops_assets")]:
-                del sys.modules[name]
-            if attempt == IMPORT_RETRIES - 1:
-                raise
-            print(f"(package not importable: {exc!r}; retrying in {IMPORT_RETRY_WAIT_S:.0f} s)",
-                  file=sys.stderr)
-            time.sleep(IMPORT_RETRY_WAIT_S)
 
 
 def wait_for_quiet(limit_s: float) -> float:
@@ -328,7 +305,6 @@ def print_header(meta: dict[str, Any], data: dict[str, Any]) -> None:
 
 def report(keep: bool) -> None:
     """Build the training set on a throwaway platform, train the variants, audit, print and write JSON."""
-    import_package()
     root = Path(tempfile.mkdtemp(prefix="mlops_quality_bench_"))
     try:
         lake, task, frame, build = build_training_set(root)
