@@ -12,13 +12,11 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import polars as pl
-from fastapi.testclient import TestClient
 
 from mlops_assets.features.online_store import OnlineStore
 from mlops_assets.features.transforms import flight_events
 from mlops_assets.features.views import FEATURE_VIEWS
 from mlops_assets.lake import Lake
-from mlops_assets.serving.app import create_app
 from mlops_assets.serving.config import ServingConfig
 from mlops_assets.task import TaskConfig
 from mlops_assets.training.dataset import label_flights
@@ -57,6 +55,10 @@ def _instances(rows: pl.DataFrame) -> list[dict]:
 
 def replay_month(lake: Lake, month: str, config: ServingConfig, task: TaskConfig, batch: int = 100) -> ReplayResult:
     """Every scheduled flight of the month, day by day, through POST /v1/predict/batch."""
+    from fastapi.testclient import TestClient  # the web stack loads only when a replay runs
+
+    from mlops_assets.serving.app import create_app
+
     requests = scheduled_requests(lake.read_batches("flights", [month]), task)
     views = {name: lake.read_view(name) for name in FEATURE_VIEWS}
     store = OnlineStore(Path(config.online_store_path))
