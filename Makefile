@@ -4,13 +4,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export MLOPS_STATE_DIR ?= $(CURDIR)/.mlops_state
 export DAGSTER_HOME ?= $(MLOPS_STATE_DIR)/dagster_home
+export MLOPS_DAGSTER_POSTGRES_URL ?= $(subst postgresql://,postgresql+psycopg2://,$(MLOPS_POSTGRES_URL))/mlops_dagster
 
 .PHONY: run test lint ui mlflow serve benchmark
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
 	touch $@
 
 run: $(BIN)/.installed

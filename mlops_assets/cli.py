@@ -7,11 +7,11 @@ import os
 import sys
 from pathlib import Path
 
-from mlops_assets.settings import state_dir
+from mlops_assets.settings import DAGSTER_DATABASE, MLFLOW_DATABASE, postgres_url, profile, state_dir
 
 MONITORS = ("drift_report", "skew_report", "model_performance", "ab_test_report")
 DAGSTER_YAML = """\
-# Written by `mlops-assets init`: embedded SQLite storage under the project's state folder.
+# Written by `mlops-assets init` for the selected MLOPS_PROFILE (delete this line to keep your own edits).
 telemetry:
   enabled: false
 run_queue:
@@ -23,13 +23,45 @@ run_queue:
 """
 
 
+POSTGRES_STORAGE = """\
+storage:
+  postgres:
+    postgres_url:
+      env: MLOPS_DAGSTER_POSTGRES_URL
+"""
+
+
+def ensure_postgres_databases() -> None:
+    """Create the Dagster and MLflow databases on the profile's server if they are missing."""
+    import psycopg2
+
+    conn = psycopg2.connect(postgres_url("postgres", sqlalchemy=False))
+    conn.autocommit = True
+    with conn.cursor() as cursor:
+        for database in (DAGSTER_DATABASE, MLFLOW_DATABASE):
+            cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (database,))
+            if cursor.fetchone() is None:
+                cursor.execute(f'CREATE DATABASE "{database}"')
+    conn.close()
+    os.environ.setdefault("MLOPS_DAGSTER_POSTGRES_URL", postgres_url(DAGSTER_DATABASE))
+
+
+def dagster_yaml(selected_profile: str) -> str:
+    """The instance config of a profile: SQLite files by default, PostgreSQL storage on request."""
+    return DAGSTER_YAML + (POSTGRES_STORAGE if selected_profile == "postgres" else "")
+
+
 def ensure_dagster_home() -> Path:
     """Point Dagster at the state folder so CLI runs, `dagster dev` and the daemon share history."""
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(state_dir() / "dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(DAGSTER_YAML)
+    selected = profile()
+    if selected == "postgres":
+        ensure_postgres_databases()
+    ours = not config.exists() or config.read_text().startswith(DAGSTER_YAML.splitlines()[0])
+    if ours:
+        config.write_text(dagster_yaml(selected))
     return home
 
 

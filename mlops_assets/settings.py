@@ -35,3 +35,27 @@ def executor_name() -> str:
 def alert_webhook() -> str:
     """Where alerts are posted besides the alert log (MLOPS_ALERT_WEBHOOK; empty = log only)."""
     return os.environ.get("MLOPS_ALERT_WEBHOOK", "")
+
+
+def profile() -> str:
+    """`embedded` (SQLite files, the default) or `postgres` (Dagster and MLflow on PostgreSQL)."""
+    value = os.environ.get("MLOPS_PROFILE", "embedded")
+    if value not in {"embedded", "postgres"}:
+        raise ValueError(f"MLOPS_PROFILE must be 'embedded' or 'postgres', not {value!r}")
+    if value == "postgres" and not os.environ.get("MLOPS_POSTGRES_URL"):
+        raise ValueError("MLOPS_PROFILE=postgres needs MLOPS_POSTGRES_URL (postgresql://user:password@host:port)")
+    return value
+
+
+DAGSTER_DATABASE = "mlops_dagster"
+MLFLOW_DATABASE = "mlops_mlflow"
+
+
+def postgres_url(database: str, sqlalchemy: bool = True) -> str:
+    """A database on the profile's PostgreSQL server (MLOPS_POSTGRES_URL names the server).
+
+    SQLAlchemy 2.1 maps `postgresql://` to psycopg 3; Dagster and MLflow get the psycopg2 driver
+    named explicitly, the one the `postgres` extra installs.
+    """
+    url = os.environ.get("MLOPS_POSTGRES_URL", "").rstrip("/") + f"/{database}"
+    return url.replace("postgresql://", "postgresql+psycopg2://", 1) if sqlalchemy else url

@@ -14,10 +14,13 @@ import dagster as dg
 import mlflow
 from mlflow import MlflowClient
 
-from mlops_assets.settings import PROJECT_ROOT, state_dir
+from mlops_assets.settings import MLFLOW_DATABASE, PROJECT_ROOT, postgres_url, profile, state_dir
 
 
 def default_tracking_uri() -> str:
+    """SQLite in the state folder, or the PostgreSQL database of the `postgres` profile."""
+    if profile() == "postgres":
+        return postgres_url(MLFLOW_DATABASE)
     return f"sqlite:///{state_dir() / 'mlflow' / 'mlflow.db'}"
 
 
