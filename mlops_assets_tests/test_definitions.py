@@ -47,3 +47,20 @@ def test_land_cli_delivers_a_file_as_a_month(tmp_path: Path, monkeypatch) -> Non
     assert main(["land", str(source), "--table", "flights", "--month", "2013-05"]) == 0
     landed = Lake(tmp_path / "state", DATA_DIR).landed_file("flights", "2013-05")
     assert landed is not None and pl.read_csv(landed).height == 10
+
+
+def test_profile_selects_storage_and_names_what_is_missing(monkeypatch) -> None:
+    import pytest
+
+    from mlops_assets.cli import dagster_yaml
+    from mlops_assets.settings import postgres_url, profile
+    from mlops_assets.tracking import default_tracking_uri
+
+    assert "storage:" not in dagster_yaml("embedded") and "MLOPS_DAGSTER_POSTGRES_URL" in dagster_yaml("postgres")
+    monkeypatch.setenv("MLOPS_PROFILE", "postgres")
+    monkeypatch.delenv("MLOPS_POSTGRES_URL", raising=False)
+    with pytest.raises(ValueError, match="MLOPS_POSTGRES_URL"):
+        profile()
+    monkeypatch.setenv("MLOPS_POSTGRES_URL", "postgresql://u@127.0.0.1:5432/")
+    assert default_tracking_uri() == "postgresql+psycopg2://u@127.0.0.1:5432/mlops_mlflow"
+    assert postgres_url("postgres", sqlalchemy=False) == "postgresql://u@127.0.0.1:5432/postgres"
