@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import polars as pl
 
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Stop with a message that says what to do, not a traceback."""
     print(f"serving benchmark: {message}", file=sys.stderr)
     raise SystemExit(2)
@@ -658,6 +658,7 @@ def run(bench: Bench) -> tuple[list[dict], dict[int, dict]]:
 
 
 def busy_cores(seconds: float = 1.0) -> float:
+    """Cores the machine keeps busy right now, before we add load (a shared machine skews everything)."""
     before = machine_busy_seconds()
     time.sleep(seconds)
     return (machine_busy_seconds() - before) / seconds
