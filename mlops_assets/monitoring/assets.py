@@ -73,9 +73,11 @@ def ground_truth(context: dg.AssetExecutionContext, lake: LakeResource, task: Ta
     return dg.MaterializeResult(metadata={**frame_metadata(labels), "delayed_share": float(labels["is_delayed"].mean())})
 
 
-def _reference(store: Lake, tracking: MlflowResource, model_name: str, features: list[str]) -> pl.DataFrame:
+NOT_DRIFT_FEATURES = ("month", "prediction_time", "scheduled_departure", "flight", "tailnum")
+
+
+def _reference(frame: pl.DataFrame, tracking: MlflowResource, model_name: str, features: list[str]) -> pl.DataFrame:
     """A fixed sample of the training rows, scored by the champion (prediction drift baseline)."""
-    frame, _ = read_training_set(store)
     sample = drift.reference_sample(frame.filter(pl.col(SPLIT) == "train"))
     version = alias_version(tracking.client(), model_name, CHAMPION)
     if version is None:
@@ -91,10 +93,10 @@ def drift_report(context: dg.AssetExecutionContext, lake: LakeResource, task: Ta
                  mlflow_tracking: MlflowResource, alerts: AlertSink) -> dg.MaterializeResult:
     """Each served feature and the prediction vs the training reference (evidently)."""
     store, spec, month = lake.get(), task.get(), month_of(context.partition_key)
-    served = _served(store, month)
-    features = [f for f in served.columns if f in read_training_set(store)[0].columns and f not in ("month",)]
-    features = [f for f in features if f not in ("prediction_time", "scheduled_departure", "flight", "tailnum")]
-    summary, html = drift.drift_report(_reference(store, mlflow_tracking, spec.model_name, features), served, features)
+    served, (training, _) = _served(store, month), read_training_set(store)
+    features = [f for f in served.columns if f in training.columns and f not in NOT_DRIFT_FEATURES]
+    reference = _reference(training, mlflow_tracking, spec.model_name, features)
+    summary, html = drift.drift_report(reference, served, features)
     folder = store.root / "reports" / "drift"
     folder.mkdir(parents=True, exist_ok=True)
     (folder / f"{month}.html").write_text(html)
