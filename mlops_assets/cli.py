@@ -62,7 +62,17 @@ def ensure_dagster_home() -> Path:
     ours = not config.exists() or config.read_text().startswith(DAGSTER_YAML.splitlines()[0])
     if ours:
         config.write_text(dagster_yaml(selected))
+    _create_storage(home)
     return home
+
+
+def _create_storage(home: Path) -> None:
+    """Create the instance's tables now: a daemon and a CLI starting together on a fresh SQLite
+    home would otherwise both create them, and one dies with 'table ... already exists'."""
+    from dagster import DagsterInstance
+
+    with DagsterInstance.from_config(str(home)):
+        pass
 
 
 def _month_range(spec: str) -> tuple[str, str]:

@@ -7,6 +7,7 @@ feature repository; a single-table task starts at its training set.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import dagster as dg
@@ -35,7 +36,23 @@ from mlops_assets.task import load_task
 from mlops_assets.tracking import MlflowResource
 from mlops_assets.training.assets import candidate_model, training_set_factory
 
-EXECUTORS = {"in_process": dg.in_process_executor, "multiprocess": dg.multiprocess_executor}
+
+def _k8s_job_executor() -> dg.ExecutorDefinition:
+    """Each step as its own Kubernetes Job; imported on demand because dagster-k8s is an optional extra."""
+    try:
+        from dagster_k8s import k8s_job_executor
+    except ImportError as exc:
+        raise ImportError("MLOPS_EXECUTOR=k8s needs dagster-k8s, the `k8s` extra: "
+                          "pip install 'mlops_assets[k8s]'") from exc
+    return k8s_job_executor
+
+
+# Looked up by MLOPS_EXECUTOR; a factory per name so only the selected executor's package is imported.
+EXECUTORS: dict[str, Callable[[], dg.ExecutorDefinition]] = {
+    "in_process": lambda: dg.in_process_executor,
+    "multiprocess": lambda: dg.multiprocess_executor,
+    "k8s": _k8s_job_executor,
+}
 MODEL_GROUPS = ("training", "evaluation", "registry")
 
 
@@ -96,7 +113,7 @@ def build_definitions(task_file: Path | None = None, resources: dict | None = No
     return dg.Definitions(
         assets=assets, asset_checks=[serving_infra_validation], jobs=[*jobs, approve_model, rollback_champion],
         sensors=sensors, schedules=[retraining_schedule],
-        resources={**default_resources, **(resources or {})}, executor=EXECUTORS[executor_name()],
+        resources={**default_resources, **(resources or {})}, executor=EXECUTORS[executor_name()](),
     )
 
 

@@ -24,12 +24,22 @@ def task_path() -> Path:
     return TASKS_DIR / f"{value}.yaml"
 
 
+EXECUTOR_NAMES = ("in_process", "multiprocess", "k8s")
+
+
 def executor_name() -> str:
-    """`in_process` (default: one process, no per-step start-up) or `multiprocess` (parallel steps)."""
+    """`in_process` (default: one process, no per-step start-up), `multiprocess` (parallel steps)
+    or `k8s` (each step a Kubernetes Job; needs the `k8s` extra and a cluster, see deploy/kubernetes)."""
     value = os.environ.get("MLOPS_EXECUTOR", "in_process")
-    if value not in {"in_process", "multiprocess"}:
-        raise ValueError(f"MLOPS_EXECUTOR must be 'in_process' or 'multiprocess', not {value!r}")
+    if value not in EXECUTOR_NAMES:
+        raise ValueError(f"MLOPS_EXECUTOR must be one of {', '.join(EXECUTOR_NAMES)}, not {value!r}")
     return value
+
+
+def mlflow_server_uri() -> str:
+    """An MLflow tracking server (e.g. deploy/mlflow) replacing the profile's store. Not MLflow's own
+    MLFLOW_TRACKING_URI: mlflow.set_tracking_uri() writes that one into the process environment."""
+    return os.environ.get("MLOPS_MLFLOW_TRACKING_URI", "")
 
 
 def alert_webhook() -> str:

@@ -14,11 +14,20 @@ import dagster as dg
 import mlflow
 from mlflow import MlflowClient
 
-from mlops_assets.settings import MLFLOW_DATABASE, PROJECT_ROOT, postgres_url, profile, state_dir
+from mlops_assets.settings import (
+    MLFLOW_DATABASE,
+    PROJECT_ROOT,
+    mlflow_server_uri,
+    postgres_url,
+    profile,
+    state_dir,
+)
 
 
 def default_tracking_uri() -> str:
-    """SQLite in the state folder, or the PostgreSQL database of the `postgres` profile."""
+    """An MLflow server when one is named, else SQLite in the state folder or the `postgres` profile's database."""
+    if mlflow_server_uri():
+        return mlflow_server_uri()
     if profile() == "postgres":
         return postgres_url(MLFLOW_DATABASE)
     return f"sqlite:///{state_dir() / 'mlflow' / 'mlflow.db'}"
@@ -43,7 +52,7 @@ class MlflowResource(dg.ConfigurableResource):
     registry_uri: str = ""
     artifact_root: str = str(state_dir() / "mlflow" / "artifacts")
     experiment: str = "mlops_assets"
-    ui_url: str = "http://127.0.0.1:5000"
+    ui_url: str = mlflow_server_uri() or "http://127.0.0.1:5000"
 
     @property
     def effective_registry_uri(self) -> str:
@@ -59,10 +68,17 @@ class MlflowResource(dg.ConfigurableResource):
         if found is not None:
             experiment_id = found.experiment_id
         else:
-            location = Path(self.artifact_root).resolve().as_uri() if "://" not in self.artifact_root else self.artifact_root
-            experiment_id = mlflow.create_experiment(self.experiment, artifact_location=location)
+            experiment_id = mlflow.create_experiment(self.experiment, artifact_location=self._artifact_location())
         mlflow.set_experiment(experiment_id=experiment_id)
         return experiment_id
+
+    def _artifact_location(self) -> str | None:
+        """A URI as given; a local folder for a local store; a tracking server picks (and proxies) its own."""
+        if "://" in self.artifact_root:
+            return self.artifact_root
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return Path(self.artifact_root).resolve().as_uri()
 
     def client(self) -> MlflowClient:
         self.configure()

@@ -27,7 +27,7 @@ def query(database: str, sql: str) -> list[tuple]:
         return cursor.fetchall()
 
 
-def test_main_command_on_postgres_profile(tmp_path: Path) -> None:
+def test_main_command_on_postgres_profile(tmp_path: Path, scratch_postgres: str) -> None:
     env = {**os.environ, "MLOPS_PROFILE": "postgres", "MLOPS_POSTGRES_URL": SERVER,
            "MLOPS_STATE_DIR": str(tmp_path / "state"), "DAGSTER_HOME": str(tmp_path / "state" / "dagster_home")}
     env.pop("MLOPS_DAGSTER_POSTGRES_URL", None)
