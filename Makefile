@@ -32,7 +32,7 @@ benchmark: $(BIN)/.installed
 	$(BIN)/python benchmarks/feature_repository.py
 
 mlflow: $(BIN)/.installed
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(MLOPS_STATE_DIR)/mlflow/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlops-assets mlflow-ui --port 5000
 
 serve: $(BIN)/.installed
 	$(BIN)/python -m mlops_assets.serving --host 127.0.0.1 --port 8000 --workers 1

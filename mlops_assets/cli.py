@@ -75,6 +75,20 @@ def _create_storage(home: Path) -> None:
         pass
 
 
+def mlflow_ui(port: int) -> int:
+    """The MLflow UI on the profile's own store (SQLite or PostgreSQL), bound to loopback."""
+    from mlops_assets.tracking import MlflowResource
+
+    tracking = MlflowResource()
+    if tracking.tracking_uri.startswith(("http://", "https://")):
+        print(f"MLflow is served by {tracking.tracking_uri}; open it there")
+        return 0
+    tracking.configure()
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking.tracking_uri,
+               "--host", "127.0.0.1", "--port", str(port)]
+    os.execvp(command[0], command)
+
+
 def _month_range(spec: str) -> tuple[str, str]:
     start, _, end = spec.partition("..")
     return f"{start}-01", f"{(end or start)}-01"
@@ -213,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     telling = sub.add_parser("story", help="the unattended loop: initial months, then months landing one by one")
     telling.add_argument("--initial", default="2013-01..2013-06", help="months ingested before the story")
     telling.add_argument("--months", default="2013-07..2013-09", help="months that land one by one")
+    ui = sub.add_parser("mlflow-ui", help="the MLflow UI on the profile's store, on 127.0.0.1")
+    ui.add_argument("--port", type=int, default=5000)
     sub.add_parser("init", help="create the Dagster home in the state folder and print it")
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -227,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         return materialize_month(["ground_truth"], args.month)
     if args.command == "monitor":
         return materialize_month(list(MONITORS), args.month)
+    if args.command == "mlflow-ui":
+        return mlflow_ui(args.port)
     print(ensure_dagster_home())
     return 0
 
