@@ -20,6 +20,11 @@ run_queue:
     - key: "mlops/stage"
       value: "training"
       limit: 1
+  # Look at the queue every second and launch from worker threads, not serially every 5 s
+  # (Dagster's default): benchmarks/backfill.py, 12 months, in_process runs: 46 s -> 43 s.
+  dequeue_interval_seconds: 1
+  dequeue_use_threads: true
+  dequeue_num_workers: 4
 """
 
 

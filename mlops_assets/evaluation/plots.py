@@ -8,16 +8,17 @@ pyplot's figure registry, and it is safe in multi-threaded executors.
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-from matplotlib.axes import Axes
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from numpy.typing import ArrayLike
-from sklearn.metrics import auc, average_precision_score, precision_recall_curve, roc_curve
 
 from mlops_assets.evaluation.metrics import paired_arrays, shap_importance
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 DPI = 100
 MAX_POINTS = 2000
@@ -25,6 +26,10 @@ _SEED = 0
 
 
 def _figure(width: float, height: float, columns: int = 1) -> tuple[Figure, list[Axes]]:
+    # Imported on the first plot, not by every process that loads the definitions.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure, list(np.atleast_1d(figure.subplots(1, columns)))
@@ -56,6 +61,8 @@ def _subsample(size: int, limit: int) -> np.ndarray:
 def roc_curve_png(y_true: ArrayLike, y_prob: ArrayLike) -> bytes:
     """ROC curve with its area, against the chance diagonal."""
     truth, prob = _binary_inputs(y_true, y_prob)
+    from sklearn.metrics import auc, roc_curve
+
     false_pos, true_pos, _ = roc_curve(truth, prob)
     figure, (axes,) = _figure(5, 5)
     axes.plot(false_pos, true_pos, label=f"AUC = {auc(false_pos, true_pos):.4f}")
@@ -68,6 +75,8 @@ def roc_curve_png(y_true: ArrayLike, y_prob: ArrayLike) -> bytes:
 def pr_curve_png(y_true: ArrayLike, y_prob: ArrayLike) -> bytes:
     """Precision-recall curve against the positive-rate baseline, the informative view for rare positives."""
     truth, prob = _binary_inputs(y_true, y_prob)
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
     precision, recall, _ = precision_recall_curve(truth, prob)
     figure, (axes,) = _figure(5, 5)
     axes.step(recall, precision, where="post", label=f"AP = {average_precision_score(truth, prob):.4f}")

@@ -20,14 +20,8 @@ import time
 import weakref
 from dataclasses import dataclass, field
 
-import numpy as np
 import pandas as pd
 import polars as pl
-from evidently import DataDefinition, Dataset, Report
-from evidently.core.metric_types import DataframeCalculation, DataframeMetric, DataframeValue
-from evidently.legacy.calculations.stattests import get_stattest
-from evidently.legacy.renderers.html_widgets import CounterData, counter, table_data
-from evidently.metrics import ValueDrift
 
 REFERENCE_ROWS = 30_000
 SEED = 7
@@ -80,57 +74,6 @@ def _sample_origin(frame: pl.DataFrame) -> tuple[int, int] | None:
     return entry[1], entry[2]
 
 
-class ColumnDriftTable(DataframeMetric):
-    """Evidently's per-column drift test, run once per column and shown as one table (no plots)."""
-
-    columns: list[str]
-
-
-class ColumnDriftTableCalculation(DataframeCalculation[ColumnDriftTable]):
-    def calculate(self, context: object, current_data: Dataset,
-                  reference_data: Dataset | None) -> DataframeValue:
-        if reference_data is None:
-            raise ValueError("drift needs reference data")
-        rows = [_column_drift(column, current_data, reference_data) for column in self.metric.columns]
-        table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-        result = self.result(table)
-        result.widget = _table_widgets(table)
-        return result
-
-    def display_name(self) -> str:
-        return "Drift per column"
-
-
-def _finite(values: pd.Series) -> pd.Series:
-    """Values a test can use: infinities and missing values dropped, as Evidently's own drift code does."""
-    if pd.api.types.is_float_dtype(values):
-        return values[np.isfinite(values.to_numpy())]
-    return values.dropna()
-
-
-def _column_drift(column: str, current: Dataset, reference: Dataset) -> dict[str, object]:
-    """Evidently's automatic test for the column; a column empty on one side only counts as drifted."""
-    column_type = current.column(column).type
-    ref, cur = _finite(reference.column(column).data), _finite(current.column(column).data)
-    row: dict[str, object] = {"column": column, "type": column_type.value}
-    if ref.empty or cur.empty:
-        return row | {"stattest": NO_VALUES, "score": math.nan, "threshold": math.nan,
-                      "drifted": ref.empty != cur.empty}
-    test = get_stattest(ref, cur, column_type, None)
-    outcome = test(ref, cur, column_type, None)
-    return row | {"stattest": test.display_name, "score": float(outcome.drift_score),
-                  "threshold": float(outcome.actual_threshold), "drifted": bool(outcome.drifted)}
-
-
-def _table_widgets(table: pd.DataFrame) -> list:
-    drifted = int(table["drifted"].sum())
-    counters = [CounterData.int("Columns", len(table)), CounterData.int("Drifted columns", drifted),
-                CounterData.float("Share drifted", drifted / max(len(table), 1), 3)]
-    ordered = table.sort_values("drifted", ascending=False, kind="stable").round({"score": 4, "threshold": 4})
-    return [counter(counters=counters, title="Drift per column"),
-            table_data(title="", column_names=TABLE_COLUMNS, data=ordered.values.tolist())]
-
-
 def _kinds(reference: pl.DataFrame, current: pl.DataFrame, columns: list[str]) -> tuple[list[str], list[str]]:
     """Numerical and categorical columns; a column must be present, and of the same kind, on both sides."""
     missing = [c for c in columns if c not in reference.columns or c not in current.columns]
@@ -146,16 +89,6 @@ def _kinds(reference: pl.DataFrame, current: pl.DataFrame, columns: list[str]) -
     return numerical, categorical
 
 
-def _dataset(frame: pl.DataFrame, numerical: list[str], categorical: list[str]) -> Dataset:
-    """Numbers as float (null -> NaN), everything else as strings (booleans, categoricals, dates)."""
-    pandas = frame.select(*[pl.col(c).cast(pl.Float64).fill_nan(None) for c in numerical],
-                          *[pl.col(c).cast(pl.String) for c in categorical]).to_pandas()
-    definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
-    # Evidently's column statistics divide by the count of values, 0 for an all-null column.
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return Dataset.from_pandas(pandas, data_definition=definition)
-
-
 def _prediction_column(reference: pl.DataFrame, current: pl.DataFrame, prediction: str) -> str | None:
     return prediction if prediction in reference.columns and prediction in current.columns else None
 
@@ -164,12 +97,6 @@ def _null_shares(frame: pl.DataFrame, columns: list[str]) -> dict[str, float]:
     if frame.height == 0:
         return dict.fromkeys(columns, math.nan)
     return frame.select(pl.col(columns).null_count() / frame.height).row(0, named=True)
-
-
-def _table_from(snapshot: object) -> pd.DataFrame:
-    """The per-column table as serialized in the report itself, so the summary is what the report says."""
-    first = snapshot.dict()["metrics"][0]  # type: ignore[attr-defined]
-    return pd.DataFrame(first["value"])[TABLE_COLUMNS].set_index("column")
 
 
 def _prediction_summary(table: pd.DataFrame, prediction: str, used: str | None) -> dict:
@@ -220,13 +147,9 @@ def drift_report(reference: pl.DataFrame, current: pl.DataFrame, features: list[
     columns = [*features, *([used_prediction] if used_prediction else [])]
     numerical, categorical = _kinds(reference, current, columns)
     sampled_current = current.sample(n=current_rows, seed=SEED) if current.height > current_rows else current
-    metrics: list = [ColumnDriftTable(columns=columns)]
-    if used_prediction:
-        metrics.append(ValueDrift(column=used_prediction))
-    snapshot = Report(metrics).run(_dataset(sampled_current, numerical, categorical),
-                                   _dataset(reference, numerical, categorical))
-    html = snapshot.get_html_str(as_iframe=False)
-    table = _table_from(snapshot)
+    from mlops_assets.monitoring.evidently_report import run_report  # evidently takes ~2 s to import
+
+    table, html = run_report(reference, sampled_current, numerical, categorical, columns, used_prediction)
     per_feature = _per_feature(table, features, _null_shares(reference, features),
                                _null_shares(sampled_current, features))
     drifted = [f for f in features if per_feature[f]["drifted"]]

@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
 import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
 
 
 @dataclass

@@ -9,13 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import lightgbm as lgb
-import optuna
 import polars as pl
 
 from mlops_assets.task import TaskConfig
 from mlops_assets.training.model import TabularModel, categorical_levels
+
+if TYPE_CHECKING:
+    import optuna
 
 LGB_METRICS: dict[str, tuple[str, str]] = {
     "auc": ("auc", "maximize"),
@@ -73,6 +75,9 @@ def train_candidate(
     on_trial: Callable[[TrialOutcome], None] | None = None, seed: int = 7,
 ) -> TrainedCandidate:
     """Tune within `task.tuning` (trials and seconds); the first trial is a sensible default."""
+    import lightgbm as lgb  # imported when training, not by every process that loads the definitions
+    import optuna
+
     lgb_metric, direction = metric_spec(task)
     cats = model_categoricals(train, features, task.categorical)
     template = TabularModel(None, features, categorical_levels(train.select(cats).to_pandas(), cats),  # type: ignore[arg-type]
