@@ -26,7 +26,7 @@ from mlops_assets.evaluation.assets import model_evaluation
 from mlops_assets.features.assets import feature_assets
 from mlops_assets.features.views import FEATURE_VIEWS
 from mlops_assets.ingestion.assets import REFERENCE_TABLES, ingestion_assets
-from mlops_assets.monitoring.assets import monitoring_assets
+from mlops_assets.monitoring.assets import monitoring_assets, monitoring_automation
 from mlops_assets.partitions import monthly_partitions
 from mlops_assets.registry.assets import champion_model, registered_model_version, serving_infra_validation
 from mlops_assets.registry.jobs import approve_model, rollback_champion
@@ -101,7 +101,7 @@ def build_definitions(task_file: Path | None = None, resources: dict | None = No
         assets = [*ingestion_assets, *feature_assets, training_set_factory(["flights", *FEATURE_VIEWS]), *model_assets,
                   batch_predictions, *monitoring_assets]
         jobs = _flights_jobs()
-        sensors = [landing_folder_sensor, run_failure_alert, monitor_retraining_sensor]
+        sensors = [landing_folder_sensor, run_failure_alert, monitor_retraining_sensor, monitoring_automation]
     else:
         assets = [training_set_factory([]), *model_assets]
         jobs = [dg.define_asset_job("continuous_training_job", selection=dg.AssetSelection.groups(*MODEL_GROUPS),

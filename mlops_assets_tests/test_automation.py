@@ -111,3 +111,49 @@ def test_unreachable_webhook_is_recorded_not_hidden(tmp_path: Path) -> None:
     assert sink.send("ERROR", "test", "x")["webhook"].startswith("failed")
     with pytest.raises(ValueError, match="severity"):
         sink.send("INFO", "test", "x")
+
+
+def _land(instance: dg.DagsterInstance, asset: str, partition: str | None = None) -> None:
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset, partition=partition))
+
+
+REPORTS = ("drift_report", "skew_report", "model_performance", "ab_test_report")
+
+
+def _requested(result: dg.EvaluateAutomationConditionsResult) -> dict[str, set[str]]:
+    """Requested partitions per report (reports with none left out)."""
+    requested = {asset: set(result.get_requested_partitions(dg.AssetKey(asset))) for asset in REPORTS}
+    return {asset: partitions for asset, partitions in requested.items() if partitions}
+
+
+def test_monitoring_reports_refresh_for_the_month_whose_log_or_labels_land(tmp_path: Path) -> None:
+    """Under the daemon (`monitoring_automation`, running by default) a month's reports follow its
+    prediction log and labels, for any month; a retrain alone re-runs none of them."""
+    from mlops_assets.features.views import FEATURE_VIEWS
+
+    defs = build_definitions()
+    sensor = defs.get_repository_def().get_sensor_def("monitoring_automation")
+    assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    instance = dg.DagsterInstance.ephemeral()
+    for asset in ("training_set", *FEATURE_VIEWS):
+        _land(instance, asset)
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
+    assert _requested(result) == {}, "nothing served yet: every report waits for its month's log"
+
+    _land(instance, "prediction_log", "2013-05-01")
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert _requested(result) == {"drift_report": {"2013-05-01"}, "skew_report": {"2013-05-01"}}
+
+    _land(instance, "ground_truth", "2013-05-01")
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert _requested(result) == {"model_performance": {"2013-05-01"}, "ab_test_report": {"2013-05-01"}}
+
+    for asset in REPORTS:
+        _land(instance, asset, "2013-05-01")
+    _land(instance, "training_set")
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert _requested(result) == {}, "a retrain must not re-run every month's reports"
+
+    _land(instance, "prediction_log", "2013-06-01")
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert _requested(result) == {"drift_report": {"2013-06-01"}, "skew_report": {"2013-06-01"}}

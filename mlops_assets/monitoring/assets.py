@@ -27,7 +27,23 @@ from mlops_assets.tracking import MlflowResource, load_tabular_model
 from mlops_assets.training.dataset import SPLIT
 
 GROUP = "monitoring"
-EAGER = dg.AutomationCondition.eager()
+# A month's reports refresh when that month's prediction log or labels update, for any month (not
+# only the latest window, as `eager()` would), and not when a retrain rebuilds the training set or
+# the feature views: that would re-run every month's reports.
+REFRESH_ON_NEW_DATA = (
+    dg.AutomationCondition.any_deps_updated()
+    .ignore(dg.AssetSelection.assets("training_set", *FEATURE_VIEWS))
+    .since_last_handled()
+    & ~dg.AutomationCondition.any_deps_missing()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("month's log or labels updated")
+
+monitoring_automation = dg.AutomationConditionSensorDefinition(
+    "monitoring_automation", target=dg.AssetSelection.groups(GROUP), default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=30,
+    description="Refreshes a month's drift, skew, performance and A/B reports when its log or labels land.",
+)
 
 
 def _check(asset: str, name: str, verdict: Verdict, alerts: AlertSink, month: str) -> dg.AssetCheckResult:
@@ -87,7 +103,7 @@ def _reference(frame: pl.DataFrame, tracking: MlflowResource, model_name: str, f
 
 
 @dg.asset(group_name=GROUP, partitions_def=monthly_partitions, deps=["prediction_log", "training_set"],
-          automation_condition=EAGER, kinds={"evidently"},
+          automation_condition=REFRESH_ON_NEW_DATA, kinds={"evidently"},
           check_specs=[dg.AssetCheckSpec("drift_is_acceptable", asset="drift_report")])
 def drift_report(context: dg.AssetExecutionContext, lake: LakeResource, task: TaskResource,
                  mlflow_tracking: MlflowResource, alerts: AlertSink) -> dg.MaterializeResult:
@@ -111,7 +127,7 @@ def drift_report(context: dg.AssetExecutionContext, lake: LakeResource, task: Ta
 
 
 @dg.asset(group_name=GROUP, partitions_def=monthly_partitions, deps=["prediction_log", *FEATURE_VIEWS],
-          automation_condition=EAGER, kinds={"polars"},
+          automation_condition=REFRESH_ON_NEW_DATA, kinds={"polars"},
           check_specs=[dg.AssetCheckSpec("skew_is_acceptable", asset="skew_report")])
 def skew_report(context: dg.AssetExecutionContext, lake: LakeResource, task: TaskResource,
                 alerts: AlertSink) -> dg.MaterializeResult:
@@ -137,7 +153,7 @@ def _offline_metrics(tracking: MlflowResource, model_name: str, version: str) ->
 
 
 @dg.asset(group_name=GROUP, partitions_def=monthly_partitions, deps=["prediction_log", "ground_truth"],
-          automation_condition=EAGER, kinds={"polars"},
+          automation_condition=REFRESH_ON_NEW_DATA, kinds={"polars"},
           check_specs=[dg.AssetCheckSpec("performance_is_acceptable", asset="model_performance")])
 def model_performance(context: dg.AssetExecutionContext, lake: LakeResource, task: TaskResource,
                       mlflow_tracking: MlflowResource, alerts: AlertSink) -> dg.MaterializeResult:
@@ -157,7 +173,7 @@ def model_performance(context: dg.AssetExecutionContext, lake: LakeResource, tas
 
 
 @dg.asset(group_name=GROUP, partitions_def=monthly_partitions, deps=["prediction_log", "ground_truth"],
-          automation_condition=EAGER, kinds={"polars"})
+          automation_condition=REFRESH_ON_NEW_DATA, kinds={"polars"})
 def ab_test_report(context: dg.AssetExecutionContext, lake: LakeResource) -> dg.MaterializeResult:
     """Per-arm metrics with a bootstrap CI and a recommendation (champion vs challenger)."""
     store, month = lake.get(), month_of(context.partition_key)
