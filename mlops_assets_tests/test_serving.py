@@ -318,3 +318,27 @@ def test_config_comes_from_the_environment_and_names_bad_variables(tmp_path: Pat
     assert config.prediction_log_dir == tmp_path / "prediction_log"
     with pytest.raises(ConfigError, match="MLOPS_SERVING_CHALLENGER_SHARE"):
         from_env({"MLOPS_SERVING_CHALLENGER_SHARE": "2"})
+
+
+def test_settle_heap_freezes_the_loaded_heap_and_still_frees_a_swapped_out_model() -> None:
+    """After a load the heap is frozen (no long full collections during requests); the next swap
+    unfreezes first, so the previous model, cycles included, is not kept forever."""
+    import gc
+    import weakref
+
+    from mlops_assets.serving.models import settle_heap
+
+    class Model:
+        pass
+
+    old = Model()
+    old.self_reference = old  # only the cyclic collector can free it
+    gone = weakref.ref(old)
+    try:
+        settle_heap()
+        assert gc.get_freeze_count() > 0
+        del old
+        settle_heap()
+        assert gone() is None
+    finally:
+        gc.unfreeze()
