@@ -21,7 +21,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from mlops_assets.settings import DAGSTER_DATABASE, PROJECT_ROOT
+from mlops_assets.settings import DAGSTER_DATABASE, PROJECT_ROOT, postgres_url
 
 SERVER = os.environ.get("MLOPS_TEST_POSTGRES_URL", "")
 BIN = Path(sys.executable).parent
@@ -31,15 +31,15 @@ QUEUE_LIMIT = 4
 LOCKED = "database is locked"
 
 
-def _profile_env(tmp_path: Path, selected: str) -> dict[str, str]:
+def _profile_env(tmp_path: Path, selected: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     state = tmp_path / "state"
     env = {**os.environ, "MLOPS_STATE_DIR": str(state), "DAGSTER_HOME": str(state / "dagster_home"),
            "MLOPS_EXECUTOR": "multiprocess", "MLOPS_PROFILE": selected, "MLOPS_TASK": "flights"}
     env.pop("MLOPS_DAGSTER_POSTGRES_URL", None)
     if selected == "postgres":
+        monkeypatch.setenv("MLOPS_POSTGRES_URL", SERVER)
         env["MLOPS_POSTGRES_URL"] = SERVER
-        env["MLOPS_DAGSTER_POSTGRES_URL"] = (SERVER.replace("postgresql://", "postgresql+psycopg2://").rstrip("/")
-                                             + f"/{DAGSTER_DATABASE}")
+        env["MLOPS_DAGSTER_POSTGRES_URL"] = postgres_url(DAGSTER_DATABASE)
     return env
 
 
@@ -50,7 +50,7 @@ def daemon(request: pytest.FixtureRequest, tmp_path: Path,
     """A state folder initialised for the profile and a dagster-daemon serving the workspace."""
     if request.param == "postgres":
         request.getfixturevalue("scratch_postgres")
-    env = _profile_env(tmp_path, request.param)
+    env = _profile_env(tmp_path, request.param, monkeypatch)
     subprocess.run([sys.executable, "-m", "mlops_assets", "init"], env=env, check=True, cwd=PROJECT_ROOT,
                    capture_output=True, timeout=120)
     for key in ("DAGSTER_HOME", "MLOPS_PROFILE", "MLOPS_POSTGRES_URL", "MLOPS_DAGSTER_POSTGRES_URL"):
