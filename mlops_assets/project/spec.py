@@ -1,0 +1,350 @@
+"""The project file's schema: everything a lifecycle needs, declared as data.
+
+In the spirit of Feast's repository objects and Chronon's GroupBy: sources (typed schema with
+ranges and domains), entities (join keys), feature views (plain columns as of the prediction
+time, or windowed aggregations ending exactly at it), label, problem, prediction time, request,
+splits, metrics, slices, gate, tuning and monitoring. No Dagster here; the core builds its
+definitions, validation suites, request model and model card from these objects.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
+
+DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|min|h|d|w)\s*$")
+UNIT_SECONDS = {"s": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
+IDENTIFIER = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+def parse_duration(value: object) -> timedelta:
+    """'90s', '15m', '3h', '28d', '1w' (or a timedelta) -> timedelta."""
+    if isinstance(value, timedelta):
+        return value
+    match = DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration; write e.g. '15m', '3h', '28d' or '1w'")
+    return timedelta(seconds=float(match[1]) * UNIT_SECONDS[match[2]])
+
+
+Duration = Annotated[timedelta, BeforeValidator(parse_duration)]
+Name = Annotated[str, Field(pattern=IDENTIFIER)]
+
+
+def duration_label(value: timedelta) -> str:
+    """The compact label used in feature names: 3h, 28d, 90m."""
+    seconds = int(value.total_seconds())
+    for unit in ("w", "d", "h", "m"):
+        if seconds % UNIT_SECONDS[unit] == 0 and seconds >= UNIT_SECONDS[unit]:
+            return f"{seconds // UNIT_SECONDS[unit]}{unit}"
+    return f"{seconds}s"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+ColumnType = Literal["int", "float", "str", "bool", "datetime", "date"]
+Severity = Literal["hard", "soft"]
+Granularity = Literal["day", "week", "month"]
+
+
+class ColumnSpec(Strict):
+    """A typed column: nullability, plausible range, closed domain, pattern."""
+
+    type: ColumnType
+    nullable: bool = True
+    min: float | None = None
+    max: float | None = None
+    range_severity: Severity = "hard"
+    range_mostly: float = Field(1.0, gt=0, le=1)
+    domain: list[str] | None = None
+    max_null_share: float | None = Field(None, ge=0, le=1)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ColumnSpec:
+        if (self.min is not None or self.max is not None) and self.type not in {"int", "float"}:
+            raise ValueError(f"min/max apply to int and float columns, not {self.type}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is above max {self.max}")
+        return self
+
+
+class ExpectationSpec(Strict):
+    """An extra rule: a polars SQL boolean expression that every row (or `mostly` of them) satisfies."""
+
+    name: Name
+    rule: str
+    severity: Severity = "hard"
+    mostly: float = Field(1.0, gt=0, le=1)
+
+
+class DeriveSpec(Strict):
+    """A project function (in the project's code module) that adds derived columns after validation."""
+
+    function: Name
+    inputs: list[Name] = Field(default_factory=list, description="reference sources the function also receives")
+    adds: dict[Name, ColumnType] = Field(default_factory=dict, description="the columns it adds, typed")
+
+
+class SourceSpec(Strict):
+    """A table the upstream system delivers: periodic by its time column, or a reference table."""
+
+    path: str | None = None
+    format: Literal["csv", "parquet"] | None = None
+    kind: Literal["periodic", "reference"] = "periodic"
+    time: Name | None = None
+    time_zone: str = "UTC"
+    schema_: dict[Name, ColumnSpec] = Field(alias="schema")
+    keys: list[Name] = Field(default_factory=list)
+    unique: list[list[Name]] = Field(default_factory=list)
+    expectations: list[ExpectationSpec] = Field(default_factory=list)
+    derive: DeriveSpec | None = None
+    description: str = ""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _columns_known(self) -> SourceSpec:
+        if self.kind == "periodic" and self.time is None:
+            raise ValueError("a periodic source needs `time`: the column that says which period a row is in")
+        named = [*self.keys, *(c for u in self.unique for c in u), *([self.time] if self.time else [])]
+        unknown = sorted({c for c in named if c not in self.schema_})
+        if unknown:
+            raise ValueError(f"columns not in the schema: {unknown}; declare them under `schema`")
+        if self.time and self.schema_[self.time].type not in {"datetime", "date"}:
+            raise ValueError(f"time column {self.time!r} must be a datetime or date column")
+        return self
+
+
+Function = Literal["count", "sum", "mean", "min", "max", "share", "last"]
+
+
+class AggregationSpec(Strict):
+    """Chronon-style: (function, column, windows, optional filter); one feature per window."""
+
+    function: Function
+    column: Name | None = None
+    windows: list[Duration] = Field(min_length=1)
+    where: str | None = None
+    name: str | None = Field(None, description="feature name template, {window} is replaced; "
+                                                "default <view prefix>_<column>_<function>_<window>")
+
+    @model_validator(mode="after")
+    def _needs(self) -> AggregationSpec:
+        if self.function != "count" and self.column is None:
+            raise ValueError(f"{self.function} needs a `column`")
+        if self.function == "share" and not self.where:
+            raise ValueError("share needs `where`: the condition whose share is taken, e.g. 'arr_delay > 15'")
+        return self
+
+
+class FeatureViewSpec(Strict):
+    """Features of one entity from one source, as known at the prediction time.
+
+    `features` are plain columns: the latest value known at or before the prediction time and
+    not older than `ttl`. `aggregations` are computed over the events known in (t - window, t].
+    """
+
+    source: Name
+    entity: Name
+    known_at: Name | None = None
+    ttl: Duration | None = None
+    features: list[Name] = Field(default_factory=list)
+    aggregations: list[AggregationSpec] = Field(default_factory=list)
+    prefix: str | None = None
+    event_id: list[Name] = Field(default_factory=list)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _something(self) -> FeatureViewSpec:
+        if not self.features and not self.aggregations:
+            raise ValueError("a feature view needs `features` or `aggregations`")
+        return self
+
+
+class ThresholdLabel(Strict):
+    column: Name
+    above: float
+
+
+class FutureLabel(Strict):
+    """The value of `column` for the same entity `offset` after the row's time (e.g. tomorrow's)."""
+
+    column: Name
+    offset: Duration
+
+
+class LabelSpec(Strict):
+    """A column of the example source, or derived from one (a threshold, a future value)."""
+
+    column: Name | None = None
+    threshold: ThresholdLabel | None = None
+    future: FutureLabel | None = None
+    name: Name = "label"
+    drop_missing: bool = True
+    missing_as: float | None = Field(None, description="value for a missing label when drop_missing is false")
+
+    @model_validator(mode="after")
+    def _one(self) -> LabelSpec:
+        given = [x for x in (self.column, self.threshold, self.future) if x is not None]
+        if len(given) != 1:
+            raise ValueError("declare exactly one of `column`, `threshold` or `future`")
+        return self
+
+
+class PredictionTimeSpec(Strict):
+    """When a prediction is made: a time column of the examples minus a lead."""
+
+    column: Name
+    lead: Duration = timedelta(0)
+
+
+class RequestFieldSpec(Strict):
+    """A field the client sends: typed, with an optional domain, range or pattern."""
+
+    type: Literal["int", "float", "str", "datetime", "date", "bool"]
+    required: bool = True
+    min: float | None = None
+    max: float | None = None
+    gt: float | None = None
+    domain: list[str] | None = None
+    pattern: str | None = None
+    max_length: int = 64
+    time_zone: str | None = Field(None, description="zone of a naive datetime sent by the client")
+    description: str = ""
+    example: object = None
+
+
+class CalendarFeature(Strict):
+    """A feature computed from a request datetime in its zone: hour, weekday, month, day of year."""
+
+    part: Literal["hour", "weekday", "month", "day", "day_of_year", "minute"]
+    of: Name
+
+
+class RequestSpec(Strict):
+    """What a client sends (keys and request-time fields), and features computed from it alone."""
+
+    fields: dict[Name, RequestFieldSpec]
+    time: Name = Field(description="the request field the prediction time is derived from")
+    calendar: dict[Name, CalendarFeature] = Field(default_factory=dict)
+    unknown_categories: Literal["refuse", "missing"] = "missing"
+    example: dict[str, object] = Field(default_factory=dict)
+
+
+class SplitSpec(Strict):
+    """By time at a granularity: the newest periods test, the ones before validate, a gap between."""
+
+    granularity: Granularity = "month"
+    test: int = Field(2, ge=1)
+    validation: int = Field(1, ge=1)
+    gap: int = Field(0, ge=0)
+    min_rows: int = Field(200, ge=1, description="fewest validation and test rows allowed")
+
+
+class BinSlice(Strict):
+    name: Name
+    column: Name
+    bins: list[float] = Field(min_length=1)
+
+
+class TuningSpec(Strict):
+    n_trials: int = Field(6, ge=1)
+    timeout_seconds: float = Field(90, gt=0)
+    max_rounds: int = Field(1000, ge=10)
+    early_stopping_rounds: int = Field(50, ge=5)
+
+
+class GateSpec(Strict):
+    """Blessing: floors, the trivial baseline, the champion and every slice."""
+
+    floors: dict[str, float] = Field(default_factory=dict)
+    tolerance: float = Field(0.01, ge=0)
+    slice_tolerance: float = Field(0.03, ge=0)
+    min_slice_rows: int = Field(500, ge=1)
+    baseline_margin: float = Field(0.0, ge=0, description="how far the candidate must beat the trivial baseline")
+    max_slice_gap: float | None = Field(None, ge=0, description="worst slice may trail overall by at most this")
+
+
+class InfraSpec(Strict):
+    canary_rows: int = Field(200, ge=1)
+    latency_budget_ms: float = Field(200.0, gt=0)
+    timeout_seconds: float = Field(300.0, gt=0)
+
+
+class MonitoringSpec(Strict):
+    drift_warn_share: float = Field(0.3, ge=0, le=1)
+    drift_error_share: float = Field(0.5, ge=0, le=1)
+    skew_warn_rate: float = Field(0.05, ge=0, le=1)
+    skew_error_rate: float = Field(0.5, ge=0, le=1)
+    metric_drop_warn: float = Field(0.03, ge=0)
+    metric_drop_error: float = Field(0.06, ge=0)
+    retrain_on: Literal["WARN", "ERROR"] = "ERROR"
+    retrain_cooldown_hours: float = Field(6.0, ge=0)
+    sample_rows: int = Field(30_000, ge=100)
+
+
+class ExamplesSpec(Strict):
+    """Which source's rows are the examples (one prediction each), and how they are keyed."""
+
+    source: Name
+    id: list[Name] = Field(min_length=1, description="columns that identify an example (joins labels to predictions)")
+    filter: str | None = Field(None, description="polars SQL condition keeping only predictable rows")
+
+
+PRIMARY_METRICS = {"binary": ("auc", "pr_auc", "log_loss", "brier", "accuracy"),
+                   "multiclass": ("log_loss", "accuracy", "macro_f1"),
+                   "regression": ("rmse", "mae", "r2")}
+
+
+class Project(Strict):
+    """One project file: a dataset's whole lifecycle."""
+
+    name: Name
+    description: str
+    model_name: Name
+    code: str | None = Field(None, description="the project's Python module (relative path) with named functions")
+    start: str = Field(pattern=r"^\d{4}-\d{2}(-\d{2})?$", description="first period of the periodic sources")
+    granularity: Granularity = "month"
+    sources: dict[Name, SourceSpec]
+    entities: dict[Name, list[Name]] = Field(default_factory=dict)
+    feature_views: dict[Name, FeatureViewSpec] = Field(default_factory=dict)
+    examples: ExamplesSpec
+    label: LabelSpec
+    problem: Literal["binary", "multiclass", "regression"]
+    classes: list[str] | None = None
+    prediction_time: PredictionTimeSpec
+    request: RequestSpec
+    features: list[Name] = Field(default_factory=list, description="example columns used directly as features")
+    categorical: list[Name] = Field(default_factory=list)
+    views: list[Name] | None = Field(None, description="views the model uses (default: all)")
+    metric: str | None = None
+    threshold: float = Field(0.5, gt=0, lt=1)
+    slices: list[Name | BinSlice] = Field(default_factory=list)
+    split: SplitSpec = SplitSpec()
+    tuning: TuningSpec = TuningSpec()
+    gate: GateSpec = GateSpec()
+    infra: InfraSpec = InfraSpec()
+    monitoring: MonitoringSpec = MonitoringSpec()
+    promotion: Literal["auto", "manual"] = "auto"
+
+    @property
+    def primary_metric(self) -> str:
+        return self.metric or PRIMARY_METRICS[self.problem][0]
+
+    @property
+    def used_views(self) -> list[str]:
+        return list(self.feature_views) if self.views is None else list(self.views)
+
+    @property
+    def periodic_sources(self) -> list[str]:
+        return [n for n, s in self.sources.items() if s.kind == "periodic"]
+
+    @property
+    def reference_sources(self) -> list[str]:
+        return [n for n, s in self.sources.items() if s.kind == "reference"]
