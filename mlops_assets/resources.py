@@ -8,7 +8,8 @@ import dagster as dg
 
 from mlops_assets.features.online_store import OnlineStore
 from mlops_assets.lake import Lake
-from mlops_assets.settings import DATA_DIR, state_dir, task_path
+from mlops_assets.project.loading import LoadedProject, load_project
+from mlops_assets.settings import DATA_DIR, project_path, state_dir, task_path
 from mlops_assets.task import TaskConfig, load_task
 
 
@@ -38,3 +39,12 @@ class TaskResource(dg.ConfigurableResource):
 
     def get(self) -> TaskConfig:
         return load_task(Path(self.path))
+
+
+class ProjectResource(dg.ConfigurableResource):
+    """The project file (sources, feature views, label, request, gate) every stage reads."""
+
+    path: str = str(project_path())
+
+    def get(self) -> LoadedProject:
+        return load_project(Path(self.path))

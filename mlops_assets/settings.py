@@ -8,6 +8,7 @@ from pathlib import Path
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
+PROJECTS_DIR = PROJECT_ROOT / "projects"
 
 
 def state_dir() -> Path:
@@ -22,6 +23,15 @@ def task_path() -> Path:
     if candidate.suffix in {".yaml", ".yml"}:
         return candidate.resolve()
     return TASKS_DIR / f"{value}.yaml"
+
+
+def project_path() -> Path:
+    """The project file: MLOPS_PROJECT is a project folder, a project file, or a name under projects/."""
+    value = os.environ.get("MLOPS_PROJECT", "flights")
+    candidate = Path(value)
+    if candidate.suffix in {".yaml", ".yml"} or candidate.is_dir():
+        return candidate.resolve()
+    return PROJECTS_DIR / value / "project.yaml"
 
 
 EXECUTOR_NAMES = ("in_process", "multiprocess", "k8s")

@@ -62,7 +62,8 @@ def _pydantic_error(path: Path, exc: ValidationError) -> ProjectError:
 
 def source_columns(source: SourceSpec) -> dict[str, str]:
     """Declared columns and the ones its derive function adds, with their types."""
-    return {**{n: c.type for n, c in source.schema_.items()}, **(source.derive.adds if source.derive else {})}
+    return {**{n: c.type for n, c in source.schema_.items()}, **{n: c.type for n, c in source.computed.items()},
+            **(source.derive.adds if source.derive else {})}
 
 
 def _check_views(path: Path, project: Project) -> None:

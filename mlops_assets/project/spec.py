@@ -37,7 +37,7 @@ Name = Annotated[str, Field(pattern=IDENTIFIER)]
 def duration_label(value: timedelta) -> str:
     """The compact label used in feature names: 3h, 28d, 90m."""
     seconds = int(value.total_seconds())
-    for unit in ("w", "d", "h", "m"):
+    for unit in ("d", "h", "m"):
         if seconds % UNIT_SECONDS[unit] == 0 and seconds >= UNIT_SECONDS[unit]:
             return f"{seconds // UNIT_SECONDS[unit]}{unit}"
     return f"{seconds}s"
@@ -91,6 +91,13 @@ class DeriveSpec(Strict):
     adds: dict[Name, ColumnType] = Field(default_factory=dict, description="the columns it adds, typed")
 
 
+class ComputedColumn(Strict):
+    """A column computed after validation by a polars SQL expression over the source's columns."""
+
+    expr: str
+    type: ColumnType
+
+
 class SourceSpec(Strict):
     """A table the upstream system delivers: periodic by its time column, or a reference table."""
 
@@ -103,6 +110,7 @@ class SourceSpec(Strict):
     keys: list[Name] = Field(default_factory=list)
     unique: list[list[Name]] = Field(default_factory=list)
     expectations: list[ExpectationSpec] = Field(default_factory=list)
+    computed: dict[Name, ComputedColumn] = Field(default_factory=dict)
     derive: DeriveSpec | None = None
     description: str = ""
 
