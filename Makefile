@@ -22,7 +22,8 @@ test: $(BIN)/.installed lint
 	$(BIN)/pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check mlops_assets mlops_assets_tests benchmarks
+	$(BIN)/ruff check mlops_assets mlops_assets_tests benchmarks projects
+	$(BIN)/lint-imports
 
 ui: $(BIN)/.installed
 	$(BIN)/mlops-assets init

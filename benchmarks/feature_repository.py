@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 
 if TYPE_CHECKING:
-    from mlops_assets.features.online_store import OnlineStore
     from mlops_assets.features.views import FeatureView
     from mlops_assets.task import TaskConfig
+
+    from mlops_assets.features.online_store import OnlineStore
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Same folder as mlops_assets.settings.DATA_DIR; importing that module would import the whole
@@ -68,8 +69,9 @@ def load_sources() -> dict[str, pl.DataFrame]:
 
 def flights_task() -> TaskConfig:
     """The flights task file itself, whatever MLOPS_TASK says: the views below are its views."""
-    from mlops_assets.settings import TASKS_DIR
     from mlops_assets.task import load_task
+
+    from mlops_assets.settings import TASKS_DIR
 
     return load_task(TASKS_DIR / TASK_FILE)
 
@@ -170,9 +172,10 @@ def same_values(pit: pl.DataFrame, bare: pl.DataFrame, features: list[str]) -> b
 
 def stage_pit_vs_asof(repeats: int) -> dict[str, Any]:
     """(3) weather + plane views onto every flight: point_in_time_join vs a bare join_asof chain."""
-    from mlops_assets.features import transforms as tf
     from mlops_assets.features.pit import point_in_time_join
     from mlops_assets.features.views import plane_view, weather_view
+
+    from mlops_assets.features import transforms as tf
 
     sources, task = load_sources(), flights_task()
     events = tf.flight_events(sources["flights"], timedelta(hours=task.prediction_lead_hours))
@@ -195,8 +198,9 @@ def stage_pit_vs_asof(repeats: int) -> dict[str, Any]:
 
 def random_reads(frames: dict[str, pl.DataFrame], rng: random.Random) -> list[tuple[FeatureView, tuple]]:
     """Existing keys of weather (origin), plane (tailnum) and route stats (origin, dest), mixed."""
-    from mlops_assets.features.online_store import latest_per_key
     from mlops_assets.features.views import plane_view, route_delay_view, weather_view
+
+    from mlops_assets.features.online_store import latest_per_key
 
     views = [weather_view, plane_view, route_delay_view]
     keys = {v.name: latest_per_key(v, frames[v.name]).select(v.entity_keys).rows() for v in views}

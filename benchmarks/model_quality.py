@@ -31,8 +31,9 @@ import psutil
 
 if TYPE_CHECKING:
     from mlops_assets.features.views import FeatureView
-    from mlops_assets.lake import Lake
     from mlops_assets.task import TaskConfig
+
+    from mlops_assets.lake import Lake
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = PROJECT_ROOT / "benchmarks" / "results" / "model_quality.json"

@@ -33,17 +33,17 @@ import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import polars as pl
+from mlops_assets.features.views import FEATURE_VIEWS
+from mlops_assets.task import load_task
+from mlops_assets.training.dataset import flight_training_set, model_features
 
 from mlops_assets.evaluation.metrics import binary_metrics
 from mlops_assets.features import transforms as tf
-from mlops_assets.features.views import FEATURE_VIEWS
 from mlops_assets.monitoring.ab_test import ab_test_report
 from mlops_assets.monitoring.drift import drift_report, reference_sample
 from mlops_assets.monitoring.performance import join_ground_truth, live_performance
 from mlops_assets.monitoring.skew import skew_report
 from mlops_assets.settings import DATA_DIR, TASKS_DIR
-from mlops_assets.task import load_task
-from mlops_assets.training.dataset import flight_training_set, model_features
 
 RESULTS_PATH = Path(__file__).resolve().parent / "results" / "monitoring.json"
 KEYS = ["carrier", "flight", "origin", "scheduled_departure"]

@@ -124,11 +124,11 @@ def find_champion(state: Path) -> Champion:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         fail(f"no MLflow store at {uri}: {hint}")
     from mlflow import MlflowClient
+    from mlops_assets.task import load_task
 
     from mlops_assets.registry.registry import CHAMPION, alias_version
     from mlops_assets.serving.models import load_version
     from mlops_assets.settings import task_path
-    from mlops_assets.task import load_task
 
     name = load_task(task_path()).model_name
     client = MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)

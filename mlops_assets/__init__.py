@@ -1,5 +1,4 @@
-"""mlops_assets: the MLOps lifecycle as one Dagster asset graph."""
+"""mlops_assets: the MLOps lifecycle as one Dagster asset graph, built from a project file.
 
-from mlops_assets.definitions import defs
-
-__all__ = ["defs"]
+Importing the package builds nothing: Dagster loads `mlops_assets.definitions`.
+"""

@@ -94,19 +94,45 @@ def mlflow_ui(port: int) -> int:
     os.execvp(command[0], command)
 
 
-def _month_range(spec: str) -> tuple[str, str]:
+def _project():
+    """The selected project, loaded and checked (a ProjectError is printed by `main` as one line)."""
+    from mlops_assets.project.loading import load_project
+    from mlops_assets.settings import project_path
+
+    return load_project(project_path())
+
+
+def _period_range(spec: str, granularity: str) -> tuple[str, str]:
+    from mlops_assets.partitions import period_key
+
     start, _, end = spec.partition("..")
-    return f"{start}-01", f"{(end or start)}-01"
+    return period_key(start, granularity), period_key(end or start, granularity)
 
 
-def run_pipeline(months: str) -> int:
-    """Ingest the months in one run, then build everything downstream; print where to look."""
+def default_periods(project) -> str:
+    """Every period the project's embedded history covers (what `make run` ingests)."""
+    import polars as pl
+
+    from mlops_assets.training.training_set import period_of
+
+    spec = project.spec
+    name = spec.periodic_sources[0]
+    source, path = spec.sources[name], project.source_path(name)
+    frame = pl.read_parquet(path) if path.suffix == ".parquet" else pl.read_csv(path, try_parse_dates=True)
+    labels = frame.select(period_of(pl.col(source.time), spec.granularity, source.time_zone).alias("p"))["p"]
+    return f"{labels.min()}..{labels.max()}"
+
+
+def run_pipeline(periods: str | None) -> int:
+    """Ingest the periods in one run, then build everything downstream; print where to look."""
     from dagster import DagsterInstance
 
-    from mlops_assets.definitions import defs
+    from mlops_assets.definitions import build_definitions
 
+    project = _project()
     ensure_dagster_home()
-    start, end = _month_range(months)
+    start, end = _period_range(periods or default_periods(project), project.spec.granularity)
+    defs = build_definitions()
     instance = DagsterInstance.get()
     tags = {"dagster/asset_partition_range_start": start, "dagster/asset_partition_range_end": end}
     for job_name, job_tags in (("ingestion_job", tags), ("continuous_training_job", {})):
@@ -124,25 +150,71 @@ def run_pipeline(months: str) -> int:
 def where_to_look() -> str:
     """The champion now in the registry, and the commands that open both UIs."""
     from mlops_assets.registry.registry import CHAMPION, alias_version
-    from mlops_assets.resources import TaskResource
     from mlops_assets.tracking import MlflowResource
 
-    tracking, task = MlflowResource(), TaskResource().get()
-    champion = alias_version(tracking.client(), task.model_name, CHAMPION)
+    model = _project().spec.model_name
+    champion = alias_version(MlflowResource().client(), model, CHAMPION)
     return (
-        f"Champion: {task.model_name} version {champion or 'none'} (models:/{task.model_name}@{CHAMPION})\n"
+        f"Champion: {model} version {champion or 'none'} (models:/{model}@{CHAMPION})\n"
         f"State folder: {state_dir()}\n"
         "Dagster UI: make ui       -> http://127.0.0.1:3000\n"
         "MLflow UI:  make mlflow   -> http://127.0.0.1:5000"
     )
 
 
-def land(path: Path, table: str, month: str) -> int:
-    from mlops_assets.lake import Lake
+def check(path: Path) -> int:
+    """Parse and cross-check a project file without running it, and print what it declares."""
+    from mlops_assets.project.describe import describe
+    from mlops_assets.project.loading import load_project
+
+    print(describe(load_project(path)))
+    return 0
+
+
+def push(path: Path, source: str, chunk: int = 5000) -> int:
+    """Push a file of events (JSON lines, CSV or parquet) into the online store, idempotent by event id."""
+    import polars as pl
+
+    from mlops_assets.features.online_store import OnlineStore
+
+    spec = _project().spec
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    readers = {".jsonl": pl.read_ndjson, ".json": pl.read_ndjson, ".csv": pl.read_csv, ".parquet": pl.read_parquet}
+    if path.suffix not in readers:
+        raise ValueError(f"{path}: push reads .jsonl, .csv or .parquet files")
+    frame = readers[path.suffix](path)
+    store = OnlineStore(state_dir() / "online_store.db")
+    accepted = duplicates = 0
+    for start in range(0, frame.height, chunk):
+        rows = frame.slice(start, chunk).with_columns(pl.selectors.temporal().cast(pl.String)).to_dicts()
+        result = store.push(spec, source, rows)
+        accepted, duplicates = accepted + result.accepted, duplicates + result.duplicates
+    print(f"pushed {frame.height} {source} events from {path}: {accepted} new, {duplicates} already held")
+    return 0
+
+
+def land(path: Path, table: str, period: str) -> int:
+    """Check everything first (source, period, file), then copy: a refused delivery changes nothing."""
+    from mlops_assets.lake import LANDING_SUFFIXES, Lake
+    from mlops_assets.partitions import period_key, period_partitions
     from mlops_assets.settings import DATA_DIR
 
-    target = Lake(state_dir(), DATA_DIR).land(path, table, month)
-    print(f"landed {path} as {table} {month}: {target}")
+    spec = _project().spec
+    if table not in spec.periodic_sources:
+        raise ValueError(f"--table {table!r}: the project {spec.name!r} declares no periodic source of that name "
+                         f"(periodic sources: {', '.join(spec.periodic_sources)})")
+    shape = "YYYY-MM" if spec.granularity == "month" else "YYYY-MM-DD"
+    try:
+        key = period_key(period, spec.granularity)
+    except ValueError:
+        raise ValueError(f"--period {period!r} is not a {spec.granularity} ({shape})") from None
+    if key not in period_partitions(spec).get_partition_keys():
+        raise ValueError(f"--period {period}: outside the project's calendar ({spec.start} to the current period)")
+    if not path.is_file() or path.suffix not in LANDING_SUFFIXES:
+        raise ValueError(f"{path}: not a readable .csv or .parquet file")
+    target = Lake(state_dir(), DATA_DIR).land(path, table, period)
+    print(f"landed {path} as {table} {period}: {target}")
     return 0
 
 
@@ -217,12 +289,18 @@ def _deliver(lake, month: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mlops-assets", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="ingest months and build the feature repository and models")
-    run.add_argument("--months", default="2013-01..2013-12", help="YYYY-MM or YYYY-MM..YYYY-MM")
-    landing = sub.add_parser("land", help="deliver a CSV/parquet file as one month's batch")
+    run = sub.add_parser("run", help="ingest periods and build the feature repository and models")
+    run.add_argument("--periods", "--months", dest="periods", default=None,
+                     help="P or P..P (YYYY-MM, or YYYY-MM-DD for day/week projects); default: all embedded data")
+    checking = sub.add_parser("check", help="parse and validate a project file, print what it declares")
+    checking.add_argument("project_file", type=Path)
+    landing = sub.add_parser("land", help="deliver a CSV/parquet file as one period's batch of a source")
     landing.add_argument("path", type=Path)
-    landing.add_argument("--table", required=True, choices=["flights", "weather"])
-    landing.add_argument("--month", required=True, help="YYYY-MM the file claims to hold")
+    landing.add_argument("--table", required=True, help="a periodic source of the project")
+    landing.add_argument("--period", "--month", dest="period", required=True, help="the period the file holds")
+    pushing = sub.add_parser("push", help="push events of a source (JSON lines, CSV, parquet) to the online store")
+    pushing.add_argument("path", type=Path)
+    pushing.add_argument("--source", required=True, help="the source the events belong to")
     replaying = sub.add_parser("replay", help="send a month of scheduled flights through the service")
     replaying.add_argument("--month", required=True, help="YYYY-MM")
     labels = sub.add_parser("land-labels", help="land a month's ground truth (arrivals)")
@@ -236,10 +314,22 @@ def main(argv: list[str] | None = None) -> int:
     ui.add_argument("--port", type=int, default=5000)
     sub.add_parser("init", help="create the Dagster home in the state folder and print it")
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (ValueError, LookupError) as exc:  # ProjectError is a ValueError: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
-        return run_pipeline(args.months)
+        return run_pipeline(args.periods)
+    if args.command == "check":
+        return check(args.project_file)
     if args.command == "land":
-        return land(args.path, args.table, args.month)
+        return land(args.path, args.table, args.period)
+    if args.command == "push":
+        return push(args.path, args.source)
     if args.command == "story":
         return story(args.initial, args.months)
     if args.command == "replay":

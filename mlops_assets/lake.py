@@ -48,8 +48,7 @@ def _atomic_write_parquet(df: pl.DataFrame, path: Path) -> None:
 def read_table_file(path: Path) -> pl.DataFrame:
     """Read a CSV or parquet batch, turning any parse failure into a BatchReadError naming the file.
 
-    A textual `time_hour` is parsed as UTC; unparsable values become nulls, which the key
-    expectations then reject with the offending rows.
+    Declared date and datetime columns are parsed by the caller, which knows the schema.
     """
     if path.suffix not in LANDING_SUFFIXES:
         raise BatchReadError(path, f"unsupported file type {path.suffix!r}; use .csv or .parquet")
@@ -60,10 +59,6 @@ def read_table_file(path: Path) -> pl.DataFrame:
             df = pl.read_csv(path, null_values=["NA", ""], infer_schema_length=None)
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         raise BatchReadError(path, str(exc).splitlines()[0]) from exc
-    if "time_hour" in df.columns and df.schema["time_hour"] == pl.String:
-        df = df.with_columns(
-            pl.col("time_hour").str.to_datetime(time_zone="UTC", time_unit="us", strict=False)
-        )
     return df
 
 
@@ -86,60 +81,46 @@ class Lake:
     def offline_store_dir(self) -> Path:
         return self.root / "offline_store"
 
-    def embedded(self, table: str) -> pl.DataFrame:
-        """The committed sample data for a table (the upstream system's full history)."""
-        return pl.read_parquet(self.data_dir / f"{table}.parquet")
-
-    def embedded_month(self, table: str, month: str) -> pl.DataFrame:
-        year, mon = (int(p) for p in month.split("-"))
-        return pl.scan_parquet(self.data_dir / f"{table}.parquet").filter(
-            (pl.col("year") == year) & (pl.col("month") == mon)
-        ).collect()
-
-    def landed_file(self, table: str, month: str) -> Path | None:
-        """The newest file landed for this table and month, if any."""
-        found = [self.landing_dir / table / f"{month}{s}" for s in LANDING_SUFFIXES]
+    def landed_file(self, table: str, period: str) -> Path | None:
+        """The newest file landed for this table and period (label 2013-05 or 2013-05-06), if any."""
+        found = [self.landing_dir / table / f"{period}{s}" for s in LANDING_SUFFIXES]
         existing = [p for p in found if p.exists()]
         return max(existing, key=lambda p: p.stat().st_mtime) if existing else None
 
-    def land(self, source: Path, table: str, month: str) -> Path:
+    def land(self, source: Path, table: str, period: str) -> Path:
         """Copy a delivered file into the landing folder as that month's batch (atomic rename)."""
         if source.suffix not in LANDING_SUFFIXES:
             raise BatchReadError(source, f"unsupported file type {source.suffix!r}; use .csv or .parquet")
         target_dir = self.landing_dir / table
         target_dir.mkdir(parents=True, exist_ok=True)
-        for stale in target_dir.glob(f"{month}.*"):
+        for stale in target_dir.glob(f"{period}.*"):
             stale.unlink()
-        target = target_dir / f"{month}{source.suffix}"
+        target = target_dir / f"{period}{source.suffix}"
         tmp = target.with_suffix(target.suffix + ".tmp")
         shutil.copyfile(source, tmp)
         os.replace(tmp, target)
         return target
 
-    def batch_path(self, table: str, month: str | None = None) -> Path:
+    def batch_path(self, table: str, period: str | None = None) -> Path:
         base = self.root / "warehouse" / table
-        return base / f"month={month}" / "data.parquet" if month else base / "data.parquet"
+        return base / f"period={period}" / "data.parquet" if period else base / "data.parquet"
 
-    def write_batch(self, table: str, df: pl.DataFrame, month: str | None = None) -> Path:
-        path = self.batch_path(table, month)
+    def write_batch(self, table: str, df: pl.DataFrame, period: str | None = None) -> Path:
+        path = self.batch_path(table, period)
         _atomic_write_parquet(df, path)
         return path
 
-    def available_months(self, table: str) -> list[str]:
+    def available_periods(self, table: str) -> list[str]:
         base = self.root / "warehouse" / table
-        return sorted(p.parent.name.removeprefix("month=") for p in base.glob("month=*/data.parquet"))
+        return sorted(p.parent.name.removeprefix("period=") for p in base.glob("period=*/data.parquet"))
 
-    def read_batches(self, table: str, months: list[str] | None = None) -> pl.DataFrame:
-        """All validated monthly batches of a table (or the given months), concatenated."""
-        chosen = months if months is not None else self.available_months(table)
+    def read_batches(self, table: str, periods: list[str] | None = None) -> pl.DataFrame:
+        """All validated batches of a table (or the given periods), concatenated."""
+        chosen = periods if periods is not None else self.available_periods(table)
         paths = [self.batch_path(table, m) for m in chosen if self.batch_path(table, m).exists()]
         if not paths:
             raise FileNotFoundError(f"no validated {table} batches in {self.root / 'warehouse' / table}")
         return pl.concat([pl.read_parquet(p) for p in paths], how="vertical_relaxed")
-
-    def read_source_table(self, path: str | Path) -> pl.DataFrame:
-        """A single-table task's data file (CSV or parquet)."""
-        return read_table_file(Path(path))
 
     def read_reference(self, table: str) -> pl.DataFrame:
         return pl.read_parquet(self.batch_path(table))
@@ -164,7 +145,7 @@ class Lake:
         return self.offline_store_dir / view
 
     def write_view(self, view: str, df: pl.DataFrame, month_column: str) -> list[Path]:
-        """Store a feature view as hive-partitioned parquet (one file per month of event time)."""
+        """Store a feature view's events as hive-partitioned parquet (one file per month of known-at time)."""
         tmp_root = self.offline_store_dir / f".{view}.tmp"
         shutil.rmtree(tmp_root, ignore_errors=True)
         paths = []

@@ -9,8 +9,7 @@ import dagster as dg
 from mlops_assets.features.online_store import OnlineStore
 from mlops_assets.lake import Lake
 from mlops_assets.project.loading import LoadedProject, load_project
-from mlops_assets.settings import DATA_DIR, project_path, state_dir, task_path
-from mlops_assets.task import TaskConfig, load_task
+from mlops_assets.settings import DATA_DIR, project_path, state_dir
 
 
 class LakeResource(dg.ConfigurableResource):
@@ -30,15 +29,6 @@ class OnlineStoreResource(dg.ConfigurableResource):
 
     def get(self) -> OnlineStore:
         return OnlineStore(Path(self.path))
-
-
-class TaskResource(dg.ConfigurableResource):
-    """The ML task (label, features, slices, gate) from its YAML file."""
-
-    path: str = str(task_path())
-
-    def get(self) -> TaskConfig:
-        return load_task(Path(self.path))
 
 
 class ProjectResource(dg.ConfigurableResource):

@@ -7,22 +7,15 @@ from pathlib import Path
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = PROJECT_ROOT / "data"
-TASKS_DIR = Path(__file__).resolve().parent / "tasks"
 PROJECTS_DIR = PROJECT_ROOT / "projects"
 
 
 def state_dir() -> Path:
-    """All git-ignored local state lives under one folder (override with MLOPS_STATE_DIR)."""
-    return Path(os.environ.get("MLOPS_STATE_DIR", PROJECT_ROOT / ".mlops_state")).resolve()
-
-
-def task_path() -> Path:
-    """The task config file: MLOPS_TASK is a path or the name of a file in mlops_assets/tasks."""
-    value = os.environ.get("MLOPS_TASK", "flights")
-    candidate = Path(value)
-    if candidate.suffix in {".yaml", ".yml"}:
-        return candidate.resolve()
-    return TASKS_DIR / f"{value}.yaml"
+    """All git-ignored local state of a project lives in one folder: `.mlops_state/<project>/` by
+    default (projects never share tables or runs), or exactly MLOPS_STATE_DIR when set."""
+    if os.environ.get("MLOPS_STATE_DIR"):
+        return Path(os.environ["MLOPS_STATE_DIR"]).resolve()
+    return (PROJECT_ROOT / ".mlops_state" / project_path().parent.name).resolve()
 
 
 def project_path() -> Path:
@@ -79,3 +72,12 @@ def postgres_url(database: str, sqlalchemy: bool = True) -> str:
     """
     url = os.environ.get("MLOPS_POSTGRES_URL", "").rstrip("/") + f"/{database}"
     return url.replace("postgresql://", "postgresql+psycopg2://", 1) if sqlalchemy else url
+
+
+def default_tracking_uri() -> str:
+    """An MLflow server when one is named, else SQLite in the state folder or the `postgres` profile's database."""
+    if mlflow_server_uri():
+        return mlflow_server_uri()
+    if profile() == "postgres":
+        return postgres_url(MLFLOW_DATABASE)
+    return f"sqlite:///{state_dir() / 'mlflow' / 'mlflow.db'}"

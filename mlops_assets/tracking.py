@@ -14,23 +14,7 @@ import dagster as dg
 import mlflow
 from mlflow import MlflowClient
 
-from mlops_assets.settings import (
-    MLFLOW_DATABASE,
-    PROJECT_ROOT,
-    mlflow_server_uri,
-    postgres_url,
-    profile,
-    state_dir,
-)
-
-
-def default_tracking_uri() -> str:
-    """An MLflow server when one is named, else SQLite in the state folder or the `postgres` profile's database."""
-    if mlflow_server_uri():
-        return mlflow_server_uri()
-    if profile() == "postgres":
-        return postgres_url(MLFLOW_DATABASE)
-    return f"sqlite:///{state_dir() / 'mlflow' / 'mlflow.db'}"
+from mlops_assets.settings import PROJECT_ROOT, default_tracking_uri, mlflow_server_uri, state_dir
 
 
 def code_version() -> str:

@@ -8,27 +8,33 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from mlops_assets.alerts import AlertSink
 from mlops_assets.automation.sensors import landing_folder_sensor, run_failure_alert
 from mlops_assets.definitions import build_definitions
 from mlops_assets.lake import Lake
-from mlops_assets.resources import LakeResource
-from mlops_assets.settings import DATA_DIR
+from mlops_assets.resources import LakeResource, ProjectResource
+from mlops_assets.settings import DATA_DIR, PROJECTS_DIR
 
 
-def evaluate(lake: Lake, instance: dg.DagsterInstance, cursor: str | None) -> dg.SensorResult:
-    context = dg.build_sensor_context(cursor=cursor, instance=instance,
-                                      resources={"lake": LakeResource(state_dir=str(lake.root), data_dir=str(DATA_DIR))})
+def evaluate(lake: Lake, instance: dg.DagsterInstance, cursor: str | None, project: str = "flights") -> dg.SensorResult:
+    resources = {"lake": LakeResource(state_dir=str(lake.root), data_dir=str(DATA_DIR)),
+                 "project": ProjectResource(path=str(PROJECTS_DIR / project / "project.yaml"))}
+    context = dg.build_sensor_context(cursor=cursor, instance=instance, resources=resources)
     return landing_folder_sensor(context)
+
+
+def may_2013() -> pl.DataFrame:
+    return pl.scan_parquet(DATA_DIR / "flights.parquet").filter(pl.col("month") == 5).collect()
 
 
 def test_each_landed_file_starts_one_run_and_never_twice(lake: Lake, tmp_path: Path) -> None:
     instance = dg.DagsterInstance.ephemeral()
     assert evaluate(lake, instance, None).run_requests == []
     may = tmp_path / "may.parquet"
-    lake.embedded_month("flights", "2013-05").write_parquet(may)
+    may_2013().write_parquet(may)
     lake.land(may, "flights", "2013-05")
     first = evaluate(lake, instance, None)
     [request] = first.run_requests
@@ -37,14 +43,22 @@ def test_each_landed_file_starts_one_run_and_never_twice(lake: Lake, tmp_path: P
     lake.land(may, "flights", "2013-05")
     restarted = evaluate(lake, dg.DagsterInstance.ephemeral(), first.cursor)
     assert restarted.run_requests == []
-    lake.embedded_month("flights", "2013-05").head(100).write_parquet(may)
+    may_2013().head(100).write_parquet(may)
     lake.land(may, "flights", "2013-05")
     [redelivery] = evaluate(lake, instance, restarted.cursor).run_requests
     assert redelivery.run_key != request.run_key
 
 
+def test_the_weather_project_lands_its_own_source(lake: Lake, tmp_path: Path) -> None:
+    june = tmp_path / "june.csv"
+    pl.read_csv(PROJECTS_DIR / "weather" / "data" / "weather.csv").head(30).write_csv(june)
+    lake.land(june, "weather", "2015-06")
+    [request] = evaluate(lake, dg.DagsterInstance.ephemeral(), None, project="weather").run_requests
+    assert request.partition_key == "2015-06-01" and request.job_name in (None, "landed_period_job")
+
+
 def test_schedule_and_sensors_are_registered_and_running_by_default() -> None:
-    defs = build_definitions()
+    defs = build_definitions(PROJECTS_DIR / "flights" / "project.yaml")
     schedule = defs.resolve_schedule_def("retraining_schedule")
     assert schedule.job_name == "continuous_training_job" and schedule.cron_schedule == "0 6 1 * *"
     assert schedule.default_status == dg.DefaultScheduleStatus.RUNNING
@@ -129,13 +143,13 @@ def _requested(result: dg.EvaluateAutomationConditionsResult) -> dict[str, set[s
 def test_monitoring_reports_refresh_for_the_month_whose_log_or_labels_land(tmp_path: Path) -> None:
     """Under the daemon (`monitoring_automation`, running by default) a month's reports follow its
     prediction log and labels, for any month; a retrain alone re-runs none of them."""
-    from mlops_assets.features.views import FEATURE_VIEWS
-
-    defs = build_definitions()
+    defs = build_definitions(PROJECTS_DIR / "flights" / "project.yaml")
+    views = [k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()
+             if defs.resolve_asset_graph().get(k).group_name == "features" and k.to_user_string() != "online_store"]
     sensor = defs.get_repository_def().get_sensor_def("monitoring_automation")
     assert sensor.default_status == dg.DefaultSensorStatus.RUNNING
     instance = dg.DagsterInstance.ephemeral()
-    for asset in ("training_set", *FEATURE_VIEWS):
+    for asset in ("training_set", *views):
         _land(instance, asset)
     result = dg.evaluate_automation_conditions(defs=defs, instance=instance)
     assert _requested(result) == {}, "nothing served yet: every report waits for its month's log"

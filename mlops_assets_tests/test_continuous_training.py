@@ -1,6 +1,6 @@
 """The continuous-training chain end to end on four real months, and its governance bad cases.
 
-One module-scoped platform: the first run makes a champion, later tests build on it in order.
+The flights project through exactly the mechanism a user's project takes. One module-scoped platform: the first run makes a champion, later tests build on it in order.
 """
 
 from __future__ import annotations
@@ -8,19 +8,22 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from mlops_assets.registry import registry
+from mlops_assets.settings import DATA_DIR
 from mlops_assets_tests.pipeline_env import PipelineEnv
 
 MODEL = "flights_arrival_delay"
+GATE = {"gate.min_slice_rows": 300, "split.min_rows": 300}
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> PipelineEnv:
     root = tmp_path_factory.mktemp("ct")
-    platform = PipelineEnv(root, root / "task.yaml", dg.DagsterInstance.ephemeral())
-    platform.write_task()
+    platform = PipelineEnv(root, root / "project.yaml", dg.DagsterInstance.ephemeral())
+    platform.write_project("flights", **GATE)
     assert platform.ingest("2013-01", "2013-04").success
     return platform
 
@@ -57,7 +60,7 @@ def test_first_run_registers_and_promotes_a_champion_with_card_and_plots(env: Pi
 
 
 def test_forced_worse_challenger_is_rejected_with_reasons_and_champion_kept(env: PipelineEnv) -> None:
-    env.write_task(**{"features": ["distance"], "categorical": [], "source.feature_views": []})
+    env.write_project("flights", **GATE, features=["distance"], categorical=[], views=[], slices=["period"])
     result = env.run("continuous_training_job")
     assert not result.success
     assert checks(result)["challenger_is_blessed"] is False
@@ -77,7 +80,7 @@ def test_approving_an_unblessed_version_is_refused(env: PipelineEnv) -> None:
 
 
 def test_unloadable_model_is_not_promoted(env: PipelineEnv) -> None:
-    env.write_task()
+    env.write_project("flights", **GATE)
     defs = env.defs()
     upstream = defs.resolve_job_def("continuous_training_job")
     assert upstream.execute_in_process(instance=env.instance, raise_on_error=False,
@@ -116,10 +119,10 @@ def test_failing_validation_stops_the_run_before_training(env: PipelineEnv, tmp_
     versions_before = len(c.search_model_versions(f"name='{MODEL}'"))
     champion_before = registry.alias_version(c, MODEL, registry.CHAMPION)
     lake = env.resources["lake"].get()
-    bad = lake.embedded_month("flights", "2013-04").head(500).drop("carrier")
+    bad = pl.scan_parquet(DATA_DIR / "flights.parquet").filter(pl.col("month") == 4).head(500).collect().drop("carrier")
     bad.write_parquet(tmp_path / "april.parquet")
     lake.land(tmp_path / "april.parquet", "flights", "2013-04")
-    result = env.run("landed_month_job", tags={"dagster/partition": "2013-04-01"})
+    result = env.run("landed_period_job", tags={"dagster/partition": "2013-04-01"})
     assert not result.success
     flights_check = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
                      and e.event_specific_data.asset_key == dg.AssetKey("flights")
@@ -132,7 +135,7 @@ def test_failing_validation_stops_the_run_before_training(env: PipelineEnv, tmp_
 
 
 def test_manual_policy_waits_for_approval_which_records_who_and_why(env: PipelineEnv) -> None:
-    env.write_task(promotion="manual")
+    env.write_project("flights", **GATE, promotion="manual")
     c = client(env)
     before = registry.alias_version(c, MODEL, registry.CHAMPION)
     result = env.run("continuous_training_job")
@@ -147,7 +150,8 @@ def test_manual_policy_waits_for_approval_which_records_who_and_why(env: Pipelin
     assert registry.alias_version(c, MODEL, registry.CHAMPION) == candidate
     last = registry.alias_history(c, MODEL)[-1]
     assert (last["action"], last["actor"], last["reason"], last["previous"]) == ("approve", "carol", "card reviewed", before)
-    env.write_task()
+    env.write_project("flights", **GATE)
+
 
 def test_batch_predictions_score_every_flight_of_the_month_with_the_champion(env: PipelineEnv) -> None:
     champion = registry.alias_version(client(env), MODEL, registry.CHAMPION)
@@ -155,6 +159,6 @@ def test_batch_predictions_score_every_flight_of_the_month_with_the_champion(env
     assert result.success
     lake = env.resources["lake"].get()
     scored = lake.read_batches("batch_predictions", ["2013-03"])
-    assert scored.height == lake.read_batches("flights", ["2013-03"]).height
+    assert scored.height == lake.read_batches("flights", ["2013-03"]).height  # cancelled flights are scored too
     assert scored["model_version"].unique().to_list() == [champion]
     assert scored["probability"].is_between(0, 1).all()

@@ -9,18 +9,19 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+import pytest
 
 from mlops_assets.cli import main
 from mlops_assets.definitions import build_definitions
 from mlops_assets.lake import Lake
-from mlops_assets.settings import DATA_DIR, PROJECT_ROOT
+from mlops_assets.settings import DATA_DIR, PROJECT_ROOT, PROJECTS_DIR
 
-JOBS = {"ingestion_job", "feature_repository_job", "continuous_training_job", "landed_month_job",
-        "approve_model", "rollback_champion"}
+JOBS = {"ingestion_job", "feature_repository_job", "continuous_training_job", "landed_period_job",
+        "monitoring_job", "batch_scoring_job", "approve_model", "rollback_champion"}
 
 
 def test_every_job_and_asset_resolves() -> None:
-    defs = build_definitions()
+    defs = build_definitions(PROJECTS_DIR / "flights" / "project.yaml")
     for job in JOBS:
         assert defs.resolve_job_def(job).name == job
     keys = {a.key.to_user_string() for a in defs.resolve_all_asset_specs()}
@@ -30,31 +31,79 @@ def test_every_job_and_asset_resolves() -> None:
     assert graph.get(dg.AssetKey("flights")).partitions_def is not None
 
 
+def test_the_second_project_gets_the_same_graph() -> None:
+    defs = build_definitions(PROJECTS_DIR / "weather" / "project.yaml")
+    for job in JOBS:
+        assert defs.resolve_job_def(job).name == job
+    keys = {a.key.to_user_string() for a in defs.resolve_all_asset_specs()}
+    assert {"weather", "daily_weather", "online_store", "training_set", "candidate_model", "champion_model",
+            "batch_predictions", "drift_report", "model_performance"} <= keys
+    sensors = {s.name for s in defs.sensors}
+    assert {"landing_folder_sensor", "monitor_retraining_sensor", "run_failure_alert"} <= sensors
+
+
+def test_importing_the_package_or_the_serving_app_builds_no_definitions() -> None:
+    code = ("import sys, mlops_assets, mlops_assets.serving.app, mlops_assets.project.loading; "
+            "bad = [m for m in sys.modules if m == 'dagster' or m.startswith(('mlops_assets.definitions', "
+            "'mlops_assets.training', 'mlops_assets.evaluation', 'mlops_assets.registry'))]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
 def test_workspace_points_at_the_package(tmp_path: Path) -> None:
-    assert "module_name: mlops_assets" in (PROJECT_ROOT / "workspace.yaml").read_text()
+    assert "module_name: mlops_assets.definitions" in (PROJECT_ROOT / "workspace.yaml").read_text()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "MLOPS_STATE_DIR": str(tmp_path / "state")}
-    out = subprocess.run([sys.executable, "-m", "dagster", "job", "list", "-m", "mlops_assets"],
+    out = subprocess.run([sys.executable, "-m", "dagster", "job", "list", "-m", "mlops_assets.definitions"],
                          capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     listed = {line.removeprefix("Job: ").strip() for line in out.stdout.splitlines() if line.startswith("Job: ")}
     assert listed >= JOBS
 
 
-def test_land_cli_delivers_a_file_as_a_month(tmp_path: Path, monkeypatch) -> None:
+def test_land_cli_delivers_a_file_as_a_period(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("MLOPS_STATE_DIR", str(tmp_path / "state"))
     source = tmp_path / "may.csv"
-    Lake(tmp_path, DATA_DIR).embedded_month("flights", "2013-05").head(10).drop("time_hour").write_csv(source)
-    assert main(["land", str(source), "--table", "flights", "--month", "2013-05"]) == 0
+    pl.read_parquet(DATA_DIR / "flights.parquet").head(10).drop("time_hour").write_csv(source)
+    assert main(["land", str(source), "--table", "flights", "--period", "2013-05"]) == 0
     landed = Lake(tmp_path / "state", DATA_DIR).landed_file("flights", "2013-05")
     assert landed is not None and pl.read_csv(landed).height == 10
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--table", "flights", "--period", "2013-13"], "is not a month"),
+    (["--table", "flights", "--period", "nov"], "is not a month"),
+    (["--table", "flights", "--period", "2013-11/../../x"], "is not a month"),
+    (["--table", "flights", "--period", "2012-12"], "outside the project's calendar"),
+    (["--table", "planes", "--period", "2013-05"], "declares no periodic source"),
+])
+def test_land_refuses_bad_arguments_and_changes_nothing(tmp_path: Path, monkeypatch, capsys, args, message) -> None:
+    monkeypatch.setenv("MLOPS_STATE_DIR", str(tmp_path / "state"))
+    source = tmp_path / "x.csv"
+    source.write_text("a\n1\n")
+    assert main(["land", str(source), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "state" / "landing").exists()
+
+
+def test_land_with_a_bad_path_keeps_the_current_delivery(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MLOPS_STATE_DIR", str(tmp_path / "state"))
+    good = tmp_path / "good.csv"
+    good.write_text("a\n1\n")
+    assert main(["land", str(good), "--table", "flights", "--period", "2013-05"]) == 0
+    (tmp_path / "dir.csv").mkdir()
+    for bad in (tmp_path / "missing.csv", tmp_path / "dir.csv"):
+        assert main(["land", str(bad), "--table", "flights", "--period", "2013-05"]) == 2
+    assert "not a readable .csv or .parquet file" in capsys.readouterr().err
+    assert Lake(tmp_path / "state", DATA_DIR).landed_file("flights", "2013-05").read_text() == "a\n1\n"
 
 
 def test_profile_selects_storage_and_names_what_is_missing(monkeypatch) -> None:
     import pytest
 
     from mlops_assets.cli import dagster_yaml
-    from mlops_assets.settings import postgres_url, profile
-    from mlops_assets.tracking import default_tracking_uri
+    from mlops_assets.settings import default_tracking_uri, postgres_url, profile
 
     assert "storage:" not in dagster_yaml("embedded") and "MLOPS_DAGSTER_POSTGRES_URL" in dagster_yaml("postgres")
     monkeypatch.setenv("MLOPS_PROFILE", "postgres")

@@ -11,13 +11,25 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from mlops_assets.features.assets import delay_stats
-from mlops_assets.ingestion.assets import flights
+from mlops_assets.features.assets import feature_assets
+from mlops_assets.ingestion.assets import ingestion_assets
 from mlops_assets.lake import Lake
-from mlops_assets.resources import LakeResource, TaskResource
-from mlops_assets.settings import DATA_DIR
+from mlops_assets.project.loading import load_project
+from mlops_assets.resources import LakeResource, OnlineStoreResource, ProjectResource
+from mlops_assets.settings import DATA_DIR, PROJECTS_DIR
 
 MONTH = "2013-03"
+PROJECT = load_project(PROJECTS_DIR / "flights")
+SOURCES = {a.key.to_user_string(): a for a in ingestion_assets(PROJECT.spec)}
+flights, weather = SOURCES["flights"], SOURCES["weather"]
+flights_views = next(a for a in feature_assets(PROJECT.spec) if "route_delay_stats" in
+                     {k.to_user_string() for k in a.keys})
+
+
+def embedded_month(month: str) -> pl.DataFrame:
+    year, mon = (int(p) for p in month.split("-"))
+    return pl.scan_parquet(DATA_DIR / "flights.parquet").filter(
+        (pl.col("year") == year) & (pl.col("month") == mon)).collect()
 
 
 @pytest.fixture()
@@ -28,7 +40,9 @@ def instance() -> dg.DagsterInstance:
 def materialize(lake: Lake, instance: dg.DagsterInstance, assets: list, partition: str = MONTH):
     return dg.materialize(
         assets, partition_key=f"{partition}-01", instance=instance, raise_on_error=False,
-        resources={"lake": LakeResource(state_dir=str(lake.root), data_dir=str(DATA_DIR)), "task": TaskResource()},
+        resources={"lake": LakeResource(state_dir=str(lake.root), data_dir=str(DATA_DIR)),
+                   "project": ProjectResource(path=str(PROJECT.path)),
+                   "online": OnlineStoreResource(path=str(lake.root / "online.db"))},
     )
 
 
@@ -47,13 +61,13 @@ def test_good_month_is_validated_and_written(lake: Lake, instance: dg.DagsterIns
     assert result.success
     assert check_evaluations(result)["batch_is_valid"] is True
     written = pl.read_parquet(lake.batch_path("flights", MONTH))
-    assert written.height == lake.embedded_month("flights", MONTH).height > 20_000
+    assert written.height == embedded_month(MONTH).height > 20_000
     meta = result.asset_materializations_for_node("flights")[0].metadata
     assert meta["dagster/row_count"].value == written.height
 
 
 def _month(lake: Lake) -> pl.DataFrame:
-    return lake.embedded_month("flights", MONTH).head(2000)
+    return embedded_month(MONTH).head(2000)
 
 
 def _write_csv(df: pl.DataFrame, path: Path) -> None:
@@ -105,7 +119,7 @@ def truncated_file(lake: Lake, path: Path) -> str:
 
 
 def wrong_month(lake: Lake, path: Path) -> str:
-    lake.embedded_month("flights", "2013-04").head(2000).write_parquet(path.with_suffix(".parquet"))
+    embedded_month("2013-04").head(2000).write_parquet(path.with_suffix(".parquet"))
     return "2013-03"
 
 
@@ -147,7 +161,7 @@ def test_failed_validation_blocks_downstream_in_the_same_run(lake: Lake, instanc
     assert materialize(lake, instance, [flights]).success
     out_of_range(lake, tmp_path / "bad")
     lake.land(tmp_path / "bad.parquet", "flights", MONTH)
-    result = materialize(lake, instance, [flights, delay_stats])
+    result = materialize(lake, instance, [flights, flights_views])
     assert not result.success
     assert not (lake.offline_store_dir / "route_delay_stats").exists()
 
@@ -158,18 +172,17 @@ def test_partition_range_runs_in_one_step_and_is_all_or_nothing(lake: Lake, inst
     lake.land(tmp_path / "bad.parquet", "flights", "2013-02")
     defs = dg.Definitions(
         assets=[flights], jobs=[dg.define_asset_job("range", selection=[flights])],
-        resources={"lake": LakeResource(state_dir=str(lake.root), data_dir=str(DATA_DIR))},
+        resources={"lake": LakeResource(state_dir=str(lake.root), data_dir=str(DATA_DIR)),
+                   "project": ProjectResource(path=str(PROJECT.path))},
     )
     tags = {"dagster/asset_partition_range_start": "2013-01-01", "dagster/asset_partition_range_end": "2013-02-01"}
     result = defs.resolve_job_def("range").execute_in_process(instance=instance, tags=tags, raise_on_error=False)
     assert not result.success
-    assert lake.available_months("flights") == []
+    assert lake.available_periods("flights") == []
 
 
 def test_soft_failure_warns_but_the_batch_is_kept(lake: Lake, instance: dg.DagsterInstance) -> None:
     """Real February weather has one impossible wind reading (1048 mph): a WARN, not a block."""
-    from mlops_assets.ingestion.assets import weather
-
     result = materialize(lake, instance, [weather], partition="2013-02")
     assert result.success
     evaluations = {e.event_specific_data.check_name: e.event_specific_data for e in result.all_events
@@ -179,3 +192,15 @@ def test_soft_failure_warns_but_the_batch_is_kept(lake: Lake, instance: dg.Dagst
     assert evaluations["batch_quality"].severity == dg.AssetCheckSeverity.WARN
     assert "wind_speed" in evaluations["batch_quality"].description
     assert lake.batch_path("weather", "2013-02").exists()
+
+
+def test_a_month_after_the_committed_data_lands_and_validates(lake: Lake, instance: dg.DagsterInstance,
+                                                             tmp_path: Path) -> None:
+    """Open-ended calendar: January 2013 shifted by a year is 2014-01, a partition that exists."""
+    shifted = embedded_month("2013-01").with_columns(pl.col("year") + 1,
+                                                      pl.col("time_hour").dt.offset_by("1y"))
+    shifted.write_parquet(tmp_path / "2014-01.parquet")
+    lake.land(tmp_path / "2014-01.parquet", "flights", "2014-01")
+    result = materialize(lake, instance, [flights], partition="2014-01")
+    assert result.success and check_evaluations(result)["batch_is_valid"] is True
+    assert pl.read_parquet(lake.batch_path("flights", "2014-01")).height == shifted.height

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mlops_assets.lake import LANDING_SUFFIXES
 
-MONTH_FILE = re.compile(r"^(?P<month>\d{4}-\d{2})$")
+PERIOD_FILE = re.compile(r"^(?P<month>\d{4}-\d{2}(-\d{2})?)$")
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,11 @@ def file_identity(table: str, path: Path) -> str:
 
 
 def landed_files(landing_dir: Path, tables: tuple[str, ...]) -> list[LandedFile]:
-    """Files named `<YYYY-MM>.csv|parquet` under `landing/<table>/`, oldest first."""
+    """Files named `<YYYY-MM>[-DD].csv|parquet` under `landing/<table>/`, oldest first."""
     found = []
     for table in tables:
         for path in sorted((landing_dir / table).glob("*"), key=lambda p: p.stat().st_mtime):
-            match = MONTH_FILE.match(path.stem)
+            match = PERIOD_FILE.match(path.stem)
             if path.suffix in LANDING_SUFFIXES and match:
                 found.append(LandedFile(table, match["month"], path, file_identity(table, path)))
     return found

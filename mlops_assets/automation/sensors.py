@@ -10,21 +10,23 @@ import dagster as dg
 from mlops_assets.alerts import AlertSink
 from mlops_assets.automation.landing import landed_files, new_files
 from mlops_assets.automation.retraining import RetrainState, decide
-from mlops_assets.ingestion.assets import MONTHLY_TABLES
-from mlops_assets.resources import LakeResource, TaskResource
+from mlops_assets.partitions import period_key
+from mlops_assets.resources import LakeResource, ProjectResource
 
 SEEN_LIMIT = 1000
 RETRAIN_CRON = os.environ.get("MLOPS_RETRAIN_CRON", "0 6 1 * *")
 
 
-@dg.sensor(job_name="landed_month_job", minimum_interval_seconds=30,
+@dg.sensor(job_name="landed_period_job", minimum_interval_seconds=30,
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="One run per new file in the landing folder (run key = content identity).")
-def landing_folder_sensor(context: dg.SensorEvaluationContext, lake: LakeResource) -> dg.SensorResult:
+def landing_folder_sensor(context: dg.SensorEvaluationContext, lake: LakeResource,
+                          project: ProjectResource) -> dg.SensorResult:
+    spec = project.get().spec
     seen = set(json.loads(context.cursor)["seen"]) if context.cursor else set()
-    fresh = new_files(landed_files(lake.get().landing_dir, MONTHLY_TABLES), seen)
+    fresh = new_files(landed_files(lake.get().landing_dir, tuple(spec.periodic_sources)), seen)
     requests = [
-        dg.RunRequest(run_key=f.identity, partition_key=f"{f.month}-01",
+        dg.RunRequest(run_key=f.identity, partition_key=period_key(f.month, spec.granularity),
                       tags={"mlops/landed_file": str(f.path), "mlops/table": f.table})
         for f in fresh
     ]
@@ -51,8 +53,8 @@ def run_failure_alert(context: dg.RunFailureSensorContext, alerts: AlertSink) ->
            default_status=dg.DefaultSensorStatus.RUNNING,
            description="Retrains when drift or live-performance checks raise alerts; one run per cool-down.")
 def monitor_retraining_sensor(context: dg.SensorEvaluationContext, alerts: AlertSink,
-                              task: TaskResource) -> dg.SensorResult:
-    config = task.get().monitoring
+                              project: ProjectResource) -> dg.SensorResult:
+    config = project.get().spec.monitoring
     state = RetrainState(**json.loads(context.cursor)) if context.cursor else RetrainState()
     decision = decide(alerts.read(), state, datetime.now(UTC), config.retrain_on,
                       timedelta(hours=config.retrain_cooldown_hours))

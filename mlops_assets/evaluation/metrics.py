@@ -1,15 +1,17 @@
-"""Overall and per-slice metrics, slice gaps and SHAP summaries for the governance gate and model card.
+"""Overall and per-slice metrics and slice gaps for the governance gate and model card, per problem type.
 
 The binary metrics are computed with plain numpy rather than per-call sklearn functions: a sliced
 report calls them once per slice value, and sklearn's input validation would dominate the cost.
-The tests pin every metric to its sklearn counterpart.
+The tests pin every metric to its sklearn counterpart. Multiclass metrics live in `multiclass`.
 
 Conventions that matter for a gate:
 
-- A prediction is positive when ``probability >= threshold``.
+- A binary prediction is positive when ``probability >= threshold``; a multiclass prediction is
+  the most probable class; multiclass labels are class codes (column indices of the scores).
 - Undefined metrics are ``NaN``, never an exception and never a made-up 0 or 1: AUC and PR-AUC
   when a slice holds a single class, recall with no positives, precision with no predicted
-  positives, R² when the target is constant. ``worst_slice_gap`` skips NaN values.
+  positives, balanced accuracy without both classes, R² when the target is constant.
+  ``worst_slice_gap`` skips NaN values.
 - PR-AUC is average precision (step-wise, no interpolation), as sklearn's ``average_precision_score``.
 """
 
@@ -21,18 +23,37 @@ import numpy as np
 import polars as pl
 from numpy.typing import ArrayLike
 
-BINARY_METRICS: tuple[str, ...] = ("auc", "pr_auc", "log_loss", "brier", "accuracy", "recall", "precision")
+from mlops_assets.evaluation.multiclass import (
+    LOG_LOSS_EPS,
+    MULTICLASS_METRICS,
+    RECALL_PREFIX,
+    multiclass_metrics,
+)
+
+BINARY_METRICS: tuple[str, ...] = ("auc", "pr_auc", "log_loss", "brier", "accuracy", "balanced_accuracy",
+                                   "recall", "precision")
 REGRESSION_METRICS: tuple[str, ...] = ("rmse", "mae", "r2")
+PROBLEM_METRICS: dict[str, tuple[str, ...]] = {
+    "binary": BINARY_METRICS, "multiclass": MULTICLASS_METRICS, "regression": REGRESSION_METRICS,
+}
 HIGHER_IS_BETTER: dict[str, bool] = {
-    "auc": True, "pr_auc": True, "log_loss": False, "brier": False, "accuracy": True,
-    "recall": True, "precision": True, "rmse": False, "mae": False, "r2": True,
+    "auc": True, "pr_auc": True, "log_loss": False, "brier": False, "accuracy": True, "balanced_accuracy": True,
+    "recall": True, "precision": True, "macro_f1": True, "rmse": False, "mae": False, "r2": True,
 }  # fmt: skip
-PROBLEMS: tuple[str, ...] = ("binary", "regression")
+PROBLEMS: tuple[str, ...] = tuple(PROBLEM_METRICS)
 MISSING_VALUE = "(missing)"
-LOG_LOSS_EPS = 1e-15
 
 _ROW_INDEX = "__evaluation_row__"
 _NAN = float("nan")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of a metric, including the per-class `recall_<class>` ones; unknown is an error."""
+    if metric.startswith(RECALL_PREFIX):
+        return True
+    if metric not in HIGHER_IS_BETTER:
+        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(HIGHER_IS_BETTER)}")
+    return HIGHER_IS_BETTER[metric]
 
 
 def paired_arrays(y_true: ArrayLike, y_score: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +104,8 @@ def _average_precision(truth: np.ndarray, prob: np.ndarray, positives: float) ->
 def binary_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> dict[str, float]:
     """All of BINARY_METRICS plus ``rows`` and ``positive_rate``.
 
-    AUC and PR-AUC are NaN when only one class is present (a ranking metric needs both); recall is
-    NaN without positives and precision NaN without predicted positives. Log loss clips the
+    AUC, PR-AUC and balanced accuracy are NaN when only one class is present; recall is NaN
+    without positives and precision NaN without predicted positives. Log loss clips the
     probabilities to [1e-15, 1 - 1e-15] so a confident miss costs a large but finite amount.
     """
     truth, prob = paired_arrays(y_true, y_prob)
@@ -96,13 +117,16 @@ def binary_metrics(y_true: np.ndarray, y_prob: np.ndarray, threshold: float) -> 
     clipped = np.clip(prob, LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS)
     predicted = prob >= threshold
     true_pos = float(np.count_nonzero(predicted & (truth == 1.0)))
+    true_neg = float(np.count_nonzero(~predicted & (truth == 0.0)))
     predicted_pos = float(np.count_nonzero(predicted))
+    negatives = rows - positives
     return {
         "auc": _roc_auc(truth, prob, positives),
         "pr_auc": _average_precision(truth, prob, positives),
         "log_loss": float(-np.mean(truth * np.log(clipped) + (1.0 - truth) * np.log1p(-clipped))),
         "brier": float(np.mean((prob - truth) ** 2)),
         "accuracy": float(np.mean(predicted == (truth == 1.0))),
+        "balanced_accuracy": (true_pos / positives + true_neg / negatives) / 2 if positives and negatives else _NAN,
         "recall": true_pos / positives if positives else _NAN,
         "precision": true_pos / predicted_pos if predicted_pos else _NAN,
         "rows": float(rows),
@@ -132,17 +156,26 @@ def _check_problem(problem: str) -> None:
 
 
 def compute_metrics(
-    problem: str, y_true: ArrayLike, y_score: ArrayLike, threshold: float
+    problem: str, y_true: ArrayLike, y_score: ArrayLike, threshold: float, classes: list[str] | None = None
 ) -> dict[str, float]:
-    """One entry point for both task types; ``threshold`` is ignored for regression."""
+    """One entry point for every problem; ``threshold`` is binary only, ``classes`` multiclass only.
+
+    Multiclass labels are class codes; without ``classes`` they are named by their code.
+    """
     _check_problem(problem)
     if problem == "binary":
         return binary_metrics(np.asarray(y_true), np.asarray(y_score), threshold)
+    if problem == "multiclass":
+        scores = np.asarray(y_score)
+        names = classes if classes is not None else [str(i) for i in range(scores.shape[-1])]
+        return multiclass_metrics(y_true, scores, names)
     return regression_metrics(np.asarray(y_true), np.asarray(y_score))
 
 
-def _metric_columns(problem: str) -> tuple[str, ...]:
-    return (*BINARY_METRICS, "positive_rate") if problem == "binary" else REGRESSION_METRICS
+def metric_columns(problem: str) -> tuple[str, ...]:
+    """The metrics a sliced table holds for a problem (per-class recalls stay in the overall figures)."""
+    _check_problem(problem)
+    return (*BINARY_METRICS, "positive_rate") if problem == "binary" else PROBLEM_METRICS[problem]
 
 
 def _slice_groups(frame: pl.DataFrame, column: str) -> list[tuple[str, np.ndarray]]:
@@ -160,9 +193,6 @@ def _slice_groups(frame: pl.DataFrame, column: str) -> list[tuple[str, np.ndarra
 
 
 def _check_columns(frame: pl.DataFrame, label: str, score: str, slices: list[str]) -> None:
-    missing_slices = [column for column in slices if column not in frame.columns]
-    if missing_slices:
-        raise ValueError(f"slice column(s) not in the frame: {', '.join(missing_slices)}")
     for role, column in (("label", label), ("score", score)):
         if column not in frame.columns:
             raise ValueError(f"{role} column {column!r} not in the frame")
@@ -179,42 +209,54 @@ def sliced_metrics(
     """
     _check_problem(problem)
     _check_columns(frame, label, score, slices)
-    truth = frame.get_column(label).to_numpy()
-    scores = frame.get_column(score).to_numpy()
-    metric_names = _metric_columns(problem)
+    truth, scores = frame.get_column(label).to_numpy(), frame.get_column(score).to_numpy()
+    return slice_table(frame, slices, truth, scores, problem, threshold)
+
+
+def slice_table(
+    frame: pl.DataFrame, slices: list[str], truth: np.ndarray, scores: np.ndarray, problem: str,
+    threshold: float, classes: list[str] | None = None,
+) -> pl.DataFrame:
+    """`sliced_metrics` on label and score arrays aligned with `frame` (a multiclass score is a matrix)."""
+    _check_problem(problem)
+    missing_slices = [column for column in slices if column not in frame.columns]
+    if missing_slices:
+        raise ValueError(f"slice column(s) not in the frame: {', '.join(missing_slices)}")
+    if len(truth) != frame.height or len(scores) != frame.height:
+        raise ValueError(f"{len(truth)} labels and {len(scores)} scores for a frame of {frame.height} rows")
+    names = metric_columns(problem)
     records: list[dict[str, object]] = []
     for column in slices:
         for value, rows in _slice_groups(frame, column):
-            metrics = compute_metrics(problem, truth[rows], scores[rows], threshold)
-            named = {name: metrics[name] for name in metric_names}
-            records.append({"slice": column, "value": value, "rows": rows.size} | named)
+            metrics = compute_metrics(problem, truth[rows], scores[rows], threshold, classes)
+            records.append({"slice": column, "value": value, "rows": rows.size} | {n: metrics[n] for n in names})
     schema = {"slice": pl.String, "value": pl.String, "rows": pl.Int64}
-    return pl.DataFrame(records, schema=schema | dict.fromkeys(metric_names, pl.Float64))
+    return pl.DataFrame(records, schema=schema | dict.fromkeys(names, pl.Float64))
 
 
 def worst_slice_gap(
     sliced: pl.DataFrame, overall: dict[str, float], metric: str, min_rows: int
 ) -> dict[str, object]:
-    """How far the worst sizeable slice falls behind the overall value, for a fairness-style gate.
+    """How far the worst sizeable slice trails the overall value, for a fairness-style gate.
 
-    Slices under ``min_rows`` or with a NaN metric are ignored (too noisy or undefined). With no
-    eligible slice, ``slice`` and ``value`` are None and ``worst`` and ``gap`` are NaN.
+    Slices under ``min_rows`` or with a NaN metric are ignored (too noisy or undefined). ``gap`` is
+    positive when the worst slice is worse than overall (negative if every slice beats it). With
+    no eligible slice, ``slice`` and ``value`` are None and ``worst`` and ``gap`` are NaN.
     """
-    if metric not in HIGHER_IS_BETTER:
-        raise ValueError(f"unknown metric {metric!r}; expected one of {', '.join(HIGHER_IS_BETTER)}")
+    higher = higher_is_better(metric)
     if metric not in sliced.columns or metric not in overall:
         raise ValueError(f"metric {metric!r} is missing from the sliced frame or the overall metrics")
     eligible = sliced.filter((pl.col("rows") >= min_rows) & pl.col(metric).is_finite())
     result: dict[str, object] = {"metric": metric, "slice": None, "value": None, "worst": _NAN, "gap": _NAN}
     if eligible.height:
         values = eligible.get_column(metric).to_numpy()
-        position = int(np.argmin(values) if HIGHER_IS_BETTER[metric] else np.argmax(values))
+        position = int(np.argmin(values) if higher else np.argmax(values))
         worst = float(values[position])
         result |= {
             "slice": eligible.get_column("slice")[position],
             "value": eligible.get_column("value")[position],
             "worst": worst,
-            "gap": abs(float(overall[metric]) - worst),
+            "gap": (float(overall[metric]) - worst) * (1.0 if higher else -1.0),
         }
     return result | {"slices_considered": eligible.height}
 
@@ -265,32 +307,3 @@ def top_contributions(
         raise ValueError(f"contribution row has {row.size} values for {len(feature_names)} features")
     order = np.argsort(-np.abs(row), kind="stable")[:k]
     return [{"feature": feature_names[index], "contribution": float(row[index])} for index in order]
-
-
-def _cell(value: object) -> str:
-    """Markdown-safe cell: floats with 4 decimals, row counts as integers, pipes escaped."""
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value).replace("|", "\\|")
-
-
-def _table(header: list[str], rows: list[list[object]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
-
-
-def metrics_markdown(overall: dict[str, float], sliced: pl.DataFrame, metrics: list[str]) -> str:
-    """A model-card section that a reviewer can read without opening the run."""
-    unknown = [name for name in metrics if name not in overall or name not in sliced.columns]
-    if unknown:
-        raise ValueError(f"metric(s) missing from the overall metrics or sliced frame: {', '.join(unknown)}")
-    overall_rows: list[list[object]] = [[name, float(overall[name])] for name in metrics]
-    if "rows" in overall:
-        overall_rows.insert(0, ["rows", int(overall["rows"])])
-    lines = ["## Overall metrics", "", *_table(["metric", "value"], overall_rows), ""]
-    lines += ["## Metrics by slice", ""]
-    if sliced.height == 0:
-        return "\n".join([*lines, "_No slices._", ""])
-    columns = ["slice", "value", "rows", *metrics]
-    slice_rows = [list(row) for row in sliced.select(columns).iter_rows()]
-    return "\n".join([*lines, *_table(columns, slice_rows), ""])

@@ -164,3 +164,23 @@ def residuals_png(y_true: ArrayLike, y_pred: ArrayLike) -> bytes:
     histogram.hist(residual, bins=50, color="tab:blue")
     histogram.set(title="Residual distribution", xlabel="Actual - predicted", ylabel="Rows")
     return _png(figure)
+
+
+def confusion_matrix_png(y_codes: ArrayLike, y_prob: ArrayLike, classes: list[str]) -> bytes:
+    """Row-normalised confusion matrix (recall on the diagonal) of the most probable class."""
+    codes = np.asarray(y_codes, dtype=np.int64).ravel()
+    predicted = np.asarray(y_prob, dtype=np.float64).argmax(axis=1)
+    k = len(classes)
+    if codes.size == 0 or codes.size != predicted.size or k == 0:
+        raise ValueError("a confusion matrix needs as many labels as score rows, and the class names")
+    counts = np.bincount(codes * k + predicted, minlength=k * k).reshape(k, k).astype(float)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    figure, (axes,) = _figure(1.5 + 0.6 * k, 1.2 + 0.6 * k)
+    axes.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            axes.text(j, i, f"{shares[i, j]:.2f}", ha="center", va="center", fontsize=8)
+    axes.set_xticks(range(k), classes, rotation=45, ha="right")
+    axes.set_yticks(range(k), classes)
+    axes.set(title="Confusion matrix (share of each true class)", xlabel="Predicted", ylabel="True")
+    return _png(figure)

@@ -1,7 +1,12 @@
-"""The online store: latest feature values per entity key in SQLite, read in microseconds.
+"""The online store: each feature view's recent events in SQLite, plus the events pushed since.
 
-One table per feature view, keyed by the joined entity key; values are a JSON object and the
-event time is kept so every read reports how fresh each value is.
+Per view, `events__<view>` holds the events the view's windows read (keys, known_at, inputs and
+an event id; datetimes as epoch µs), written in one transaction by `write_view_events`, which
+also records the view's horizon (events known at or before it are not kept) and bumps the
+store's generation so serving reloads. A static view (a reference table, no known_at) is
+`static__<view>`: the latest row per key. `pushed_events` is an append-only log of events pushed
+by clients (seq order, idempotent by (view, event id)); serving applies it before each request,
+training appends it to the offline events (`pushed_frame`).
 """
 
 from __future__ import annotations
@@ -9,104 +14,246 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import polars as pl
 
-from mlops_assets.features.views import FeatureView
+from mlops_assets.features.event_codec import (
+    EventError,
+    decode,
+    encode_frame,
+    event_id_expr,
+    parse_pushed,
+    view_dtypes,
+)
+from mlops_assets.features.repository import FOREVER, is_static, view_keys
+from mlops_assets.project.spec import Project
 
-KEY_SEPARATOR = "|"
+EVENT_ID = "__event_id"
+SEQ = "__seq"
+T = TypeVar("T")
+__all__ = ["EVENT_ID", "SEQ", "EventError", "OnlineStore", "PushResult", "StoredView", "UnknownSource",
+           "default_retention"]
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS views (view TEXT PRIMARY KEY, static INTEGER, horizon_us INTEGER, rows INTEGER,
+                                  generation INTEGER, written_at TEXT);
+CREATE TABLE IF NOT EXISTS pushed_events (seq INTEGER PRIMARY KEY, view TEXT NOT NULL, event_id TEXT NOT NULL,
+                                          payload TEXT NOT NULL, pushed_at TEXT, UNIQUE(view, event_id));
+"""
 
 
 @dataclass(frozen=True)
-class FeatureValue:
-    """One view's features for one key, and when they became known (None when absent)."""
+class PushResult:
+    """Events newly stored (in at least one view), already held, and usable by no view."""
 
-    values: dict[str, object] | None
-    event_time: datetime | None
-
-    def age_seconds(self, as_of: datetime) -> float | None:
-        return None if self.event_time is None else (as_of - self.event_time).total_seconds()
+    accepted: int
+    duplicates: int
+    unused: int = 0
 
 
-def latest_per_key(view: FeatureView, data: pl.DataFrame) -> pl.DataFrame:
-    """The newest row per entity key: what the online store serves."""
-    return (
-        data.sort(view.timestamp_field)
-        .unique(subset=list(view.entity_keys), keep="last")
-        .filter(pl.all_horizontal(pl.col(k).is_not_null() for k in view.entity_keys))
-    )
+@dataclass(frozen=True)
+class StoredView:
+    """One view as written: its events (or static rows) typed by the source schema, and its horizon."""
+
+    name: str
+    static: bool
+    frame: pl.DataFrame
+    horizon: datetime | None
 
 
-def entity_key(values: tuple[object, ...]) -> str:
-    return KEY_SEPARATOR.join(str(v) for v in values)
+class UnknownSource(LookupError):
+    """A push to a source the project does not declare, or that feeds no feature view."""
+
+
+def default_retention(project: Project, view_name: str, slack: timedelta = timedelta(days=1)) -> timedelta | None:
+    """Enough history for every window of the view ending now (None: keep everything, e.g. no TTL)."""
+    view = project.feature_views[view_name]
+    windows = [w for a in view.aggregations for w in a.windows]
+    if view.features:
+        windows.append(view.ttl or FOREVER)
+    longest = max(windows, default=FOREVER)
+    return None if longest >= FOREVER else longest + slack
+
+
+def _table(project: Project, view_name: str) -> str:
+    return f"{'static' if is_static(project, view_name) else 'events'}__{view_name}"
+
+
+def _epoch_us(moment: datetime) -> int:
+    return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
 class OnlineStore:
-    """SQLite-backed store; one connection per thread, writes replace a view atomically."""
+    """SQLite-backed store (WAL); one connection per thread; every write is one transaction."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
+        self.path = Path(path)
         self._local = threading.local()
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False)
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
+            conn.executescript(SCHEMA)
             self._local.conn = conn
         return conn
 
-    def write_view(self, view: FeatureView, data: pl.DataFrame) -> int:
-        """Replace the view's table with the latest value per key, in one transaction."""
-        latest = latest_per_key(view, data)
-        ts_us = latest[view.timestamp_field].dt.epoch("us").to_list()
-        keys = latest.select(view.entity_keys).rows()
-        payloads = latest.select(view.features).to_dicts()
-        rows = [
-            (entity_key(k), t, json.dumps(p, default=str)) for k, t, p in zip(keys, ts_us, payloads, strict=False)
-        ]
+    def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """`work` inside BEGIN IMMEDIATE ... COMMIT (rolled back on any error): readers see all or nothing."""
         conn = self._conn()
-        with conn:
-            conn.execute(f'DROP TABLE IF EXISTS "{view.name}"')
-            conn.execute(
-                f'CREATE TABLE "{view.name}" (key TEXT PRIMARY KEY, event_us INTEGER, value TEXT)'
-            )
-            conn.executemany(f'INSERT INTO "{view.name}" VALUES (?, ?, ?)', rows)
-        return len(rows)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = work(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
 
-    def read(self, view: FeatureView, key: tuple[object, ...]) -> FeatureValue:
-        """Latest features of one entity; absent keys give an empty value, never an error."""
-        row = self._conn().execute(
-            f'SELECT event_us, value FROM "{view.name}" WHERE key = ?', (entity_key(key),)
-        ).fetchone()
-        if row is None:
-            return FeatureValue(None, None)
-        event_time = datetime.fromtimestamp(row[0] / 1e6, tz=UTC)
-        return FeatureValue(json.loads(row[1]), event_time)
+    def generation(self) -> int:
+        """Bumped by every `write_view_events`: serving reloads its windows when it changes."""
+        row = self._conn().execute("SELECT value FROM meta WHERE key = 'generation'").fetchone()
+        return int(row[0]) if row else 0
 
-    def read_keys(self, view: FeatureView, keys: list[tuple[object, ...]]) -> dict[tuple[object, ...], FeatureValue]:
-        """Many keys of one view in one query (a batch request); absent keys are simply not returned."""
-        wanted = {entity_key(k): k for k in keys}
-        found: dict[tuple[object, ...], FeatureValue] = {}
-        names = list(wanted)
-        for start in range(0, len(names), 500):
-            chunk = names[start:start + 500]
-            rows = self._conn().execute(
-                f'SELECT key, event_us, value FROM "{view.name}" WHERE key IN ({",".join("?" * len(chunk))})', chunk
-            ).fetchall()
-            for key, event_us, value in rows:
-                found[wanted[key]] = FeatureValue(json.loads(value), datetime.fromtimestamp(event_us / 1e6, tz=UTC))
-        return found
+    def last_seq(self) -> int:
+        return self._conn().execute("SELECT COALESCE(MAX(seq), 0) FROM pushed_events").fetchone()[0]
 
-    def read_many(
-        self, views: list[FeatureView], request: dict[str, object]
-    ) -> dict[str, FeatureValue]:
-        """The feature vector of one request: each view looked up by its keys in the request."""
-        return {v.name: self.read(v, tuple(request[k] for k in v.entity_keys)) for v in views}
+    def write_view_events(self, project: Project, view_name: str, events: pl.DataFrame,
+                          retention: timedelta | None = None) -> int:
+        """Replace the view's table by its events known after max(known_at) - retention (a static view:
+        the latest row per key); returns the rows kept."""
+        view = project.feature_views[view_name]
+        dtypes = view_dtypes(project, view_name)
+        keys = view_keys(project, view_name)
+        frame = events.select([pl.col(c).cast(t) for c, t in dtypes.items() if c in events.columns])
+        frame = frame.drop_nulls(keys)
+        horizon = None
+        if view.known_at is None:
+            frame = frame.unique(subset=keys, keep="last", maintain_order=True)
+        else:
+            frame = frame.drop_nulls([view.known_at]).sort(view.known_at, maintain_order=True)
+            latest = frame[view.known_at].max()
+            if retention is not None and latest is not None:
+                horizon = _as_utc(latest) - retention
+                frame = frame.filter(pl.col(view.known_at) > horizon)
+        frame = frame.with_columns(event_id_expr(view, dtypes).alias(EVENT_ID))
+        columns = [c for c in dtypes if c in frame.columns]
+        rows = encode_frame(frame, [*columns, EVENT_ID], dtypes).rows()
+        table = _table(project, view_name)
+        affinity = {c: "REAL" if dtypes[c] == pl.Float64 else "TEXT" if dtypes[c] == pl.String else "INTEGER"
+                    for c in columns}
+        definition = ", ".join([*(f'"{c}" {affinity[c]}' for c in columns), f'"{EVENT_ID}" TEXT'])
 
-    def count(self, view: FeatureView) -> int:
-        return self._conn().execute(f'SELECT COUNT(*) FROM "{view.name}"').fetchone()[0]
+        def work(conn: sqlite3.Connection) -> int:
+            generation = self.generation() + 1
+            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
+            conn.execute(f'CREATE TABLE "{table}" ({definition})')
+            marks = ", ".join("?" * (len(columns) + 1))
+            conn.executemany(f'INSERT INTO "{table}" VALUES ({marks})', rows)
+            conn.execute("INSERT OR REPLACE INTO views VALUES (?, ?, ?, ?, ?, ?)",
+                         (view_name, int(view.known_at is None), None if horizon is None else _epoch_us(horizon),
+                          len(rows), generation, datetime.now(UTC).isoformat()))
+            conn.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(generation),))
+            return len(rows)
+
+        return self._transaction(work)
+
+    def read_view(self, project: Project, view_name: str) -> StoredView | None:
+        """The view as last written (None if never written), typed by its source's schema."""
+        conn = self._conn()
+        info = conn.execute("SELECT horizon_us FROM views WHERE view = ?", (view_name,)).fetchone()
+        if info is None:
+            return None
+        dtypes = view_dtypes(project, view_name)
+        cursor = conn.execute(f'SELECT * FROM "{_table(project, view_name)}" ORDER BY rowid')
+        names = [d[0] for d in cursor.description]
+        frame = decode(cursor.fetchall(), names, dtypes)
+        horizon = None if info[0] is None else datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=info[0])
+        return StoredView(view_name, is_static(project, view_name), frame, horizon)
+
+    def read_views(self, project: Project, names: list[str]) -> tuple[int, dict[str, StoredView | None]]:
+        """Several views and the generation they belong to, read in one snapshot (a read transaction)."""
+        conn = self._conn()
+        conn.execute("BEGIN")
+        try:
+            return self.generation(), {n: self.read_view(project, n) for n in names}
+        finally:
+            conn.execute("COMMIT")
+
+    def count(self, project: Project, view_name: str) -> int:
+        return self._conn().execute(f'SELECT COUNT(*) FROM "{_table(project, view_name)}"').fetchone()[0]
+
+    def push(self, project: Project, source_name: str, rows: list[object]) -> PushResult:
+        """Append events of a source to every view reading it (rows whose keys and known_at are set);
+        idempotent by (view, event id). Raises UnknownSource or EventError (nothing stored then)."""
+        views = [v for v, spec in project.feature_views.items() if spec.source == source_name]
+        if source_name not in project.sources:
+            raise UnknownSource(f"unknown source {source_name[:40]!r}; the project declares {sorted(project.sources)}")
+        if not views:
+            raise UnknownSource(f"source {source_name!r} feeds no feature view; nothing to push")
+        parsed = parse_pushed(project, source_name, views, rows)
+        now = datetime.now(UTC).isoformat()
+        plans = []
+        for view_name in views:
+            view, dtypes = project.feature_views[view_name], view_dtypes(project, view_name)
+            frame = decode([tuple(r.get(c) for c in dtypes) for r, _ in parsed], list(dtypes), dtypes)
+            frame = frame.with_columns(pl.Series("__explicit", [e for _, e in parsed], dtype=pl.String),
+                                       pl.Series("__row", range(len(parsed))))
+            needed = [*view_keys(project, view_name), *([view.known_at] if view.known_at else [])]
+            frame = frame.drop_nulls(needed).with_columns(
+                pl.coalesce("__explicit", event_id_expr(view, dtypes)).alias(EVENT_ID))
+            for row, event_id in frame.select("__row", EVENT_ID).iter_rows():
+                payload = json.dumps({c: parsed[row][0].get(c) for c in dtypes}, separators=(",", ":"))
+                plans.append((row, view_name, event_id, payload))
+
+        def work(conn: sqlite3.Connection) -> PushResult:
+            stored, matched = set(), set()
+            for row, view_name, event_id, payload in plans:
+                cursor = conn.execute("INSERT OR IGNORE INTO pushed_events (view, event_id, payload, pushed_at) "
+                                      "VALUES (?, ?, ?, ?)", (view_name, event_id, payload, now))
+                matched.add(row)
+                if cursor.rowcount:
+                    stored.add(row)
+            return PushResult(len(stored), len(matched - stored), len(parsed) - len(matched))
+
+        return self._transaction(work)
+
+    def pushed_since(self, project: Project, after_seq: int,
+                     views: list[str] | None = None) -> tuple[int, dict[str, pl.DataFrame]]:
+        """Pushed events with seq > after_seq, per view (typed like `read_view`, with EVENT_ID and SEQ),
+        and the newest seq seen: one indexed query, cheap enough for every request."""
+        rows = self._conn().execute("SELECT seq, view, event_id, payload FROM pushed_events WHERE seq > ? "
+                                    "ORDER BY seq", (after_seq,)).fetchall()
+        if not rows:
+            return after_seq, {}
+        by_view: dict[str, list[tuple]] = {}
+        for seq, view_name, event_id, payload in rows:
+            if view_name in project.feature_views and (views is None or view_name in views):
+                by_view.setdefault(view_name, []).append((seq, event_id, json.loads(payload)))
+        frames = {}
+        for view_name, items in by_view.items():
+            dtypes = view_dtypes(project, view_name)
+            frame = decode([tuple(p.get(c) for c in dtypes) + (e,) for _, e, p in items], [*dtypes, EVENT_ID], dtypes)
+            frames[view_name] = frame.with_columns(pl.Series(SEQ, [s for s, _, _ in items], dtype=pl.Int64))
+        return rows[-1][0], frames
+
+    def pushed_frame(self, project: Project, view_name: str, after_seq: int = 0) -> pl.DataFrame:
+        """The view's pushed events in push order (columns of the view, EVENT_ID, SEQ): for training."""
+        _, frames = self.pushed_since(project, after_seq, [view_name])
+        if view_name in frames:
+            return frames[view_name]
+        dtypes = view_dtypes(project, view_name)
+        return pl.DataFrame(schema={**dtypes, EVENT_ID: pl.String, SEQ: pl.Int64})
+
+
+def _as_utc(moment: datetime | date) -> datetime:
+    if not isinstance(moment, datetime):
+        return datetime(moment.year, moment.month, moment.day, tzinfo=UTC)
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

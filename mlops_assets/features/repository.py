@@ -7,8 +7,13 @@ windowed aggregates, all computed over the events known in (t - window, t] by th
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
+import polars as pl
+
+from mlops_assets.contract import PREDICTION_TIME
+from mlops_assets.features.windows import Aggregation, aggregate_at
 from mlops_assets.project.spec import FeatureViewSpec, Project, duration_label
 
 # A plain feature of a view without TTL: the latest value ever known (a century is "ever").
@@ -41,3 +46,73 @@ def model_features(project: Project) -> list[str]:
 
 def view_keys(project: Project, view_name: str) -> list[str]:
     return list(project.entities[project.feature_views[view_name].entity])
+
+
+def is_static(project: Project, view_name: str) -> bool:
+    """A view without known-at time (a reference table): joined by key, valid at any time."""
+    return project.feature_views[view_name].known_at is None
+
+
+def view_aggregations(project: Project, view_name: str) -> list[Aggregation]:
+    """Plain features as `last` over the TTL, then the declared aggregations, one per window."""
+    view = project.feature_views[view_name]
+    ttl = view.ttl or FOREVER
+    out = [Aggregation(name=f, function="last", column=f, window=ttl) for f in view.features]
+    for i, agg in enumerate(view.aggregations):
+        out += [Aggregation(name=aggregation_name(view_name, view, i, w), function=agg.function,
+                            column=agg.column, window=w, where=agg.where) for w in agg.windows]
+    return out
+
+
+def _where_columns(project: Project, view_name: str, available: list[str]) -> list[str]:
+    """Columns a `where` condition names (matched as whole words against the source's columns)."""
+    text = " ".join(a.where or "" for a in project.feature_views[view_name].aggregations)
+    return [c for c in available if re.search(rf"\b{re.escape(c)}\b", text)]
+
+
+def view_columns(project: Project, view_name: str, available: list[str]) -> list[str]:
+    """What the offline and online stores keep per event of the view: keys, known-at, id, inputs."""
+    view = project.feature_views[view_name]
+    wanted = [*view_keys(project, view_name), *([view.known_at] if view.known_at else []), *view.event_id,
+              *view.features, *(a.column for a in view.aggregations if a.column),
+              *_where_columns(project, view_name, available)]
+    return list(dict.fromkeys(wanted))
+
+
+def view_events(project: Project, view_name: str, source: pl.DataFrame) -> pl.DataFrame:
+    """The view's events from its prepared source: known events with complete keys, in time order.
+
+    A static view keeps the latest row per key instead.
+    """
+    view = project.feature_views[view_name]
+    keys = view_keys(project, view_name)
+    frame = source.select(view_columns(project, view_name, source.columns)).drop_nulls(keys)
+    if view.known_at is None:
+        return frame.unique(subset=keys, keep="last", maintain_order=True)
+    return frame.drop_nulls([view.known_at]).sort(view.known_at, maintain_order=True)
+
+
+def offline_features(project: Project, queries: pl.DataFrame, views: dict[str, pl.DataFrame]) -> pl.DataFrame:
+    """Every used view's features for each query row as of its `prediction_time` (same rows, same order)."""
+    out = queries
+    for name in project.used_views:
+        keys, view = view_keys(project, name), project.feature_views[name]
+        if is_static(project, name):
+            static = views[name].select(*keys, *view.features).cast({k: out.schema[k] for k in keys})
+            out = out.join(static, on=keys, how="left", maintain_order="left")
+            continue
+        out = aggregate_at(views[name], keys, view.known_at, view_aggregations(project, name), out, PREDICTION_TIME)
+    return out
+
+
+def with_pushed(project: Project, view_name: str, events: pl.DataFrame, pushed: pl.DataFrame) -> pl.DataFrame:
+    """Ingested events plus the pushed ones the ingested data does not hold (same event id), in time order,
+    so the next training set sees the events the service saw."""
+    view = project.feature_views[view_name]
+    if pushed.height == 0 or view.known_at is None:
+        return events
+    pushed = pushed.select([c for c in events.columns if c in pushed.columns]).cast(
+        {c: events.schema[c] for c in events.columns if c in pushed.columns})
+    if view.event_id:
+        pushed = pushed.join(events.select(view.event_id), on=view.event_id, how="anti")
+    return pl.concat([events, pushed], how="diagonal").sort(view.known_at, maintain_order=True)

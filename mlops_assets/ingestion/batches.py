@@ -1,77 +1,214 @@
-"""Load one delivery (landed file or embedded month), validate it, and decide its fate.
+"""Load one delivery of a project source (landed file or embedded data), validate it, decide its fate.
 
-No Dagster here: the asset only wires these functions and reports what they return.
+No Dagster here: the asset only wires these functions and reports what they return. A batch
+that passes is coerced to the declared schema (declared column order and dtypes), so every
+stored batch of a source reads back together; a rejected one is kept exactly as delivered.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import polars as pl
 
-from mlops_assets.lake import BatchReadError, Lake, read_table_file
+from mlops_assets.lake import BatchReadError, Lake
+from mlops_assets.project.loading import LoadedProject
+from mlops_assets.project.spec import ColumnType, SourceSpec
+from mlops_assets.validation.reporting import FailedExpectation, ValidationReport, unreadable_report
 
-if TYPE_CHECKING:
-    from mlops_assets.validation.suites import ValidationReport
+NULL_VALUES = ["NA", ""]
+POLARS_TYPES: dict[str, pl.DataType] = {
+    "int": pl.Int64(),
+    "float": pl.Float64(),
+    "str": pl.String(),
+    "bool": pl.Boolean(),
+    "date": pl.Date(),
+    "datetime": pl.Datetime("us", "UTC"),
+}
 
 
 @dataclass(frozen=True)
 class Batch:
-    """A delivered batch and its validation verdict; `frame` is None when the file was unreadable."""
+    """A delivered batch of `table` (a project source) and its verdict; `frame` is None when unreadable."""
 
     table: str
-    month: str | None
-    source: str
+    period: str | None
+    origin: str
     source_file: Path | None
     frame: pl.DataFrame | None
     report: ValidationReport
 
 
-def _unreadable(table: str, batch_name: str, error: BatchReadError) -> ValidationReport:
-    from mlops_assets.validation.suites import FailedExpectation, ValidationReport
+def load_period(
+    lake: Lake, project: LoadedProject, source: str, period_key: str, start: datetime, end: datetime
+) -> Batch:
+    """A landed file for the period wins over the embedded data (cut to [start, end)); either is validated."""
+    spec = project.spec.sources[source]
+    batch_name = f"{source} {period_key}"
+    landed = lake.landed_file(source, period_key)
+    path = landed or project.source_path(source)
+    if path is None:
+        return _undelivered(source, period_key, batch_name)
+    try:
+        if landed is not None:
+            frame = read_source_file(landed, spec)
+        else:
+            frame = in_period(read_source_file(path, spec, spec.format), spec, start, end, path)
+    except BatchReadError as exc:
+        report = unreadable_report(source, batch_name, exc.path.name, exc.reason)
+        return Batch(source, period_key, str(path), landed, None, report)
+    return _validated(source, period_key, str(path), landed, frame, spec, batch_name, (start, end))
 
+
+def load_reference(lake: Lake, project: LoadedProject, source: str) -> Batch:
+    """A reference source from the project's embedded file, validated as a whole."""
+    spec = project.spec.sources[source]
+    path = project.source_path(source)
+    if path is None:
+        return _undelivered(source, None, source)
+    try:
+        frame = read_source_file(path, spec, spec.format)
+    except BatchReadError as exc:
+        return Batch(
+            source, None, str(path), None, None, unreadable_report(source, source, exc.path.name, exc.reason)
+        )
+    return _validated(source, None, str(path), None, frame, spec, source, None)
+
+
+def _undelivered(source: str, period: str | None, batch_name: str) -> Batch:
+    """Nothing landed and no embedded file to fall back on: a hard failure saying so."""
     failure = FailedExpectation(
-        expectation="file_is_readable_table", column=None, severity="hard",
-        description=f"{error.path.name} is not a readable table: {error.reason}",
-        unexpected_count=None, sample_rows=[],
+        expectation="batch_is_delivered",
+        column=None,
+        severity="hard",
+        description=f"nothing landed for {batch_name} and source {source} declares no `path` to read it from",
+        unexpected_count=None,
     )
-    return ValidationReport(
-        table=table, batch_name=batch_name, row_count=0, evaluated=1, failures=[failure]
+    report = ValidationReport(
+        table=source, batch_name=batch_name, row_count=0, evaluated=1, failures=[failure]
     )
+    return Batch(source, period, "nowhere", None, None, report)
 
 
-def load_month(lake: Lake, table: str, month: str) -> Batch:
-    """A landed file for the month wins over the embedded upstream data; either is validated."""
+def _validated(
+    table: str,
+    period: str | None,
+    origin: str,
+    landed: Path | None,
+    frame: pl.DataFrame,
+    spec: SourceSpec,
+    batch_name: str,
+    bounds: tuple[datetime, datetime] | None,
+) -> Batch:
     from mlops_assets.validation.suites import validate_batch  # GX takes seconds to import
 
-    landed = lake.landed_file(table, month)
-    source = str(landed) if landed else f"embedded data/{table}.parquet"
-    batch_name = f"{table} {month}"
-    expected = tuple(int(p) for p in month.split("-"))
+    report = validate_batch(table, spec, frame, batch_name, bounds)
+    kept = coerce(frame, spec) if report.passed else frame
+    return Batch(table, period, origin, landed, kept, report)
+
+
+def read_source_file(path: Path, spec: SourceSpec, file_format: str | None = None) -> pl.DataFrame:
+    """Read a CSV or parquet file (by `file_format`, else its suffix); dates/datetimes parsed, text kept.
+
+    Numbers are inferred, never forced: a text value in a numeric column leaves the column text,
+    so validation names it instead of it silently becoming null.
+    """
+    kind = file_format or path.suffix.removeprefix(".")
+    if kind not in ("csv", "parquet"):
+        raise BatchReadError(path, f"unsupported file type {path.suffix!r}; use .csv or .parquet")
+    text = {c: pl.String for c, col in spec.schema_.items() if col.type in ("str", "date", "datetime")}
     try:
-        frame = read_table_file(landed) if landed else lake.embedded_month(table, month)
-    except BatchReadError as exc:
-        return Batch(table, month, source, landed, None, _unreadable(table, batch_name, exc))
-    report = validate_batch(table, frame.to_pandas(), batch_name, expected_month=expected)
-    return Batch(table, month, source, landed, frame, report)
+        if kind == "parquet":
+            frame = pl.read_parquet(path)
+        else:
+            frame = pl.read_csv(
+                path, null_values=NULL_VALUES, infer_schema_length=None, schema_overrides=text
+            )
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        raise BatchReadError(path, str(exc).splitlines()[0]) from exc
+    garbled = [name for name in frame.columns if not name.isprintable()]
+    if garbled:
+        raise BatchReadError(
+            path, f"column names with control characters ({garbled[0][:20]!r}): not a text table"
+        )
+    return parse_times(frame, spec)
 
 
-def load_reference(lake: Lake, table: str) -> Batch:
-    from mlops_assets.validation.suites import validate_batch
+def parse_times(frame: pl.DataFrame, spec: SourceSpec) -> pl.DataFrame:
+    """Text in declared date/datetime columns as pl.Date / UTC datetimes, when every value parses."""
+    parsed = []
+    for name, column in spec.schema_.items():
+        if column.type not in ("date", "datetime") or frame.schema.get(name) != pl.String:
+            continue
+        text = pl.col(name)
+        value = (
+            text.str.to_date(strict=False)
+            if column.type == "date"
+            else text.str.to_datetime(
+                time_unit="us", time_zone=spec.time_zone, strict=False
+            ).dt.convert_time_zone("UTC")
+        )
+        candidate = frame.select(value).to_series()
+        if candidate.null_count() == frame[name].null_count():
+            parsed.append(candidate)
+    return frame.with_columns(parsed)
 
-    frame = lake.embedded(table)
-    report = validate_batch(table, frame.to_pandas(), table)
-    return Batch(table, None, f"embedded data/{table}.parquet", None, frame, report)
+
+def in_period(
+    frame: pl.DataFrame, spec: SourceSpec, start: datetime, end: datetime, path: Path
+) -> pl.DataFrame:
+    """The rows of the embedded history whose `time` lies in [start, end), compared in UTC."""
+    time = spec.time
+    dtype = frame.schema.get(time) if time else None
+    if time is None or not (dtype == pl.Date or isinstance(dtype, pl.Datetime)):
+        raise BatchReadError(
+            path,
+            f"cannot cut a period: the time column {time!r} is {dtype or 'missing'}, not a date or datetime",
+        )
+    moment = _as_utc(pl.col(time), dtype, spec.time_zone)
+    low, high = (m.replace(tzinfo=UTC) if m.tzinfo is None else m.astimezone(UTC) for m in (start, end))
+    return frame.filter((moment >= low) & (moment < high))
+
+
+def _as_utc(expr: pl.Expr, dtype: pl.DataType, time_zone: str) -> pl.Expr:
+    """A date (its midnight) or datetime column in UTC; dates and naive values are on `time_zone`'s clock."""
+    if dtype == pl.Date:
+        expr = expr.cast(pl.Datetime("us"))
+    if getattr(dtype, "time_zone", None) is None:
+        expr = expr.dt.replace_time_zone(time_zone, ambiguous="null", non_existent="null")
+    return expr.dt.convert_time_zone("UTC").dt.cast_time_unit("us")
+
+
+def coerce(frame: pl.DataFrame, spec: SourceSpec) -> pl.DataFrame:
+    """The validated batch in the declared column order and dtypes (int->Int64, datetime->UTC us, ...)."""
+    return frame.select(
+        _cast(pl.col(name), frame.schema[name], column.type, spec.time_zone).alias(name)
+        for name, column in spec.schema_.items()
+    )
+
+
+def _cast(expr: pl.Expr, dtype: pl.DataType, kind: ColumnType, time_zone: str) -> pl.Expr:
+    """One column to its declared dtype; NaN (pandas' null in float columns) becomes null."""
+    if kind == "datetime" and (dtype == pl.Date or isinstance(dtype, pl.Datetime)):
+        return _as_utc(expr, dtype, time_zone)
+    if kind == "date" and isinstance(dtype, pl.Datetime):
+        return expr.dt.date()
+    if dtype.is_float():
+        expr = expr.fill_nan(None)
+    return expr.cast(POLARS_TYPES[kind])
 
 
 def quarantine(lake: Lake, batch: Batch) -> Path:
     """Keep the rejected batch (the original file when there is one) with its report."""
-    name = batch.month or "reference"
     return lake.quarantine(
-        batch.table, name, batch.report.to_dict(), batch.report.to_markdown(),
-        df=batch.frame, source_file=batch.source_file,
+        batch.table,
+        batch.period or "reference",
+        batch.report.to_dict(),
+        batch.report.to_markdown(),
+        df=batch.frame,
+        source_file=batch.source_file,
     )
 
 
@@ -80,6 +217,8 @@ def rejection_message(rejected: list[tuple[Batch, Path]]) -> str:
     lines = []
     for batch, folder in rejected:
         reasons = "; ".join(f.description for f in batch.report.hard_failures)
-        lines.append(f"{batch.report.batch_name} from {batch.source} rejected: {reasons}. "
-                     f"Kept in {folder}; the last good data is unchanged.")
+        lines.append(
+            f"{batch.report.batch_name} from {batch.origin} rejected: {reasons}. "
+            f"Kept in {folder}; the last good data is unchanged."
+        )
     return "\n".join(lines)

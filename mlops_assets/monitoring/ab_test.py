@@ -2,11 +2,13 @@
 
 Two designs come out of the serving experiment. *Split*: each request is answered by one arm, so
 the arms hold different rows and are independent samples. *Shadow*: the challenger scores the very
-requests the champion answers, so rows pair up and the comparison is far more sensitive (the
-flight-to-flight noise cancels). The metric difference gets a bootstrap CI (vectorised: resamples
-as a matrix of draw counts per chunk, shared by both arms when rows pair) and a two-sided
-bootstrap p-value; the log-loss difference also gets a classical test (paired t-test
-for shadow rows, Welch otherwise) as a cross-check that does not depend on resampling.
+requests the champion answers, so rows pair up (by request id and example id) and the comparison
+is far more sensitive (the example-to-example noise cancels). The metric of the problem type
+(binary AUC, log loss, ...; multiclass log loss, accuracy; regression RMSE, MAE) gets a bootstrap
+CI of its difference (vectorised: resamples as a matrix of draw counts per chunk, shared by both
+arms when rows pair) and a two-sided bootstrap p-value; the per-row loss (log loss, or squared
+error for regression) also gets a classical test (paired t-test for shadow rows, Welch
+otherwise) as a cross-check that does not depend on resampling.
 """
 
 from __future__ import annotations
@@ -19,79 +21,109 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from mlops_assets.evaluation.metrics import HIGHER_IS_BETTER, LOG_LOSS_EPS, binary_metrics
+from mlops_assets.evaluation.metrics import LOG_LOSS_EPS, compute_metrics, higher_is_better
+from mlops_assets.monitoring.performance import classes_of, score_column, truth_and_scores
+from mlops_assets.project.spec import Project
 
 CHAMPION, CHALLENGER, SHADOW = "champion", "challenger", "shadow"
-LABEL, SCORE = "is_delayed", "probability"
-PAIR_KEYS = ("request_id", "carrier", "flight", "origin", "scheduled_departure")
-BOOTSTRAP_METRICS = ("auc", "log_loss", "brier", "accuracy", "recall", "precision")
+BOOTSTRAP_METRICS = {"binary": ("auc", "log_loss", "brier", "accuracy", "recall", "precision"),
+                     "multiclass": ("log_loss", "accuracy"), "regression": ("rmse", "mae")}
+ROW_LOSS = {"binary": "log loss", "multiclass": "log loss", "regression": "squared error"}
 RESAMPLES = 1000
 CHUNK = 50
 SHADOW_SUFFIX = "__shadow"
 
 
-def _arm_rows(joined: pl.DataFrame, arm: str) -> pl.DataFrame:
-    return joined.filter((pl.col("arm") == arm) & pl.col(LABEL).is_not_null() & pl.col(SCORE).is_not_null())
+def _arm_rows(joined: pl.DataFrame, arm: str, label: str, score: str) -> pl.DataFrame:
+    return joined.filter((pl.col("arm") == arm) & pl.col(label).is_not_null() & pl.col(score).is_not_null())
 
 
-def _paired(champion: pl.DataFrame, shadow: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+def pair_keys(project: Project, frame: pl.DataFrame) -> list[str]:
+    """A request scored by two arms: the same request id and example id."""
+    return [k for k in dict.fromkeys(["request_id", *project.examples.id]) if k in frame.columns]
+
+
+def _paired(champion: pl.DataFrame, shadow: pl.DataFrame, keys: list[str], label: str,
+            score: str) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Champion and shadow rows of the same requests, aligned row by row (the label is the champion row's)."""
-    keys = [k for k in PAIR_KEYS if k in champion.columns]
     extra = ["model_version"] if "model_version" in champion.columns else []
-    pairs = champion.select(*keys, LABEL, SCORE, *extra).join(
-        shadow.select(*keys, SCORE, *extra), on=keys, how="inner", validate="1:1", suffix=SHADOW_SUFFIX)
-    left = pairs.select(LABEL, SCORE, *extra)
-    right = pairs.select(LABEL, *[pl.col(c + SHADOW_SUFFIX).alias(c) for c in (SCORE, *extra)])
+    pairs = champion.select(*keys, label, score, *extra).join(
+        shadow.select(*keys, score, *extra), on=keys, how="inner", validate="1:1", suffix=SHADOW_SUFFIX)
+    left = pairs.select(label, score, *extra)
+    right = pairs.select(label, *[pl.col(c + SHADOW_SUFFIX).alias(c) for c in (score, *extra)])
     return left, right
 
 
-def _arms(joined: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
+def _arms(joined: pl.DataFrame, project: Project) -> tuple[pl.DataFrame, pl.DataFrame, bool]:
     """(champion, challenger, paired): the split challenger arm if there is one, else the shadow arm."""
-    missing = [c for c in ("arm", LABEL, SCORE) if c not in joined.columns]
+    label, score = project.label.name, score_column(project)
+    missing = [c for c in ("arm", label, score) if c not in joined.columns]
     if missing:
         raise ValueError(f"joined frame lacks column(s): {', '.join(missing)}")
-    champion = _arm_rows(joined, CHAMPION)
+    champion = _arm_rows(joined, CHAMPION, label, score)
     if joined.get_column("arm").eq(CHALLENGER).any() or not joined.get_column("arm").eq(SHADOW).any():
-        return champion, _arm_rows(joined, CHALLENGER), False
-    left, right = _paired(champion, _arm_rows(joined, SHADOW))
+        return champion, _arm_rows(joined, CHALLENGER, label, score), False
+    shadow = _arm_rows(joined, SHADOW, label, score)
+    left, right = _paired(champion, shadow, pair_keys(project, joined), label, score)
     return left, right, True
 
 
 @dataclass(frozen=True)
 class Scored:
-    """One arm's labels and scores, plus what every resample reuses: the order by score and, for each
-    positive, where its group of equal scores starts and ends in that order."""
+    """One arm's labels and scores, plus what every resample reuses: per-row terms of the ratio metrics
+    and, for AUC, the order by score and, per positive, where its group of equal scores starts and ends."""
 
     truth: np.ndarray
-    prob: np.ndarray
-    order: np.ndarray
-    negative: np.ndarray  # 1.0 where the row in score order is a negative
-    positives: np.ndarray  # positions of the positives in score order
-    tie_start: np.ndarray  # per positive: first position of its tie group
-    tie_end: np.ndarray  # per positive: one past the last position of its tie group
+    scores: np.ndarray
+    numerators: dict[str, np.ndarray]
+    denominators: dict[str, np.ndarray]
+    order: np.ndarray | None = None
+    negative: np.ndarray | None = None  # 1.0 where the row in score order is a negative
+    positives: np.ndarray | None = None  # positions of the positives in score order
+    tie_start: np.ndarray | None = None  # per positive: first position of its tie group
+    tie_end: np.ndarray | None = None  # per positive: one past the last position of its tie group
 
 
-def _arrays(frame: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    truth, prob = frame.get_column(LABEL).to_numpy(), frame.get_column(SCORE).to_numpy()
-    return truth.astype(np.float64), prob.astype(np.float64)
+def _ratio_terms(problem: str, truth: np.ndarray, scores: np.ndarray,
+                 threshold: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Per-row numerators (and non-unit denominators) whose weighted sums give each metric."""
+    if problem == "regression":
+        error = scores - truth
+        return {"rmse": error**2, "mae": np.abs(error)}, {}
+    if problem == "multiclass":
+        codes = truth.astype(np.int64)
+        true_prob = np.clip(scores[np.arange(codes.size), codes], LOG_LOSS_EPS, 1.0)
+        return {"log_loss": -np.log(true_prob), "accuracy": (scores.argmax(axis=1) == codes).astype(np.float64)}, {}
+    predicted = (scores >= threshold).astype(np.float64)
+    clipped = np.clip(scores, LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS)
+    numerators = {
+        "log_loss": -(truth * np.log(clipped) + (1.0 - truth) * np.log1p(-clipped)),
+        "brier": (scores - truth) ** 2, "accuracy": (predicted == truth).astype(np.float64),
+        "recall": predicted * truth, "precision": predicted * truth,
+    }  # fmt: skip
+    return numerators, {"recall": truth, "precision": predicted}
 
 
-def scored(frame: pl.DataFrame) -> Scored:
-    truth, prob = _arrays(frame)
-    order = np.argsort(prob, kind="mergesort")
-    sorted_prob, sorted_truth = prob[order], truth[order]
-    first_of_group = np.r_[True, sorted_prob[1:] != sorted_prob[:-1]][: prob.size]
+def scored(truth: np.ndarray, scores: np.ndarray, problem: str, threshold: float) -> Scored:
+    numerators, denominators = _ratio_terms(problem, truth, scores, threshold)
+    if problem != "binary":
+        return Scored(truth, scores, numerators, denominators)
+    order = np.argsort(scores, kind="mergesort")
+    sorted_prob, sorted_truth = scores[order], truth[order]
+    first_of_group = np.r_[True, sorted_prob[1:] != sorted_prob[:-1]][: scores.size]
     starts = np.flatnonzero(first_of_group)
     group = np.cumsum(first_of_group) - 1
     positives = np.flatnonzero(sorted_truth == 1.0)
-    ends = np.r_[starts[1:], prob.size]
+    ends = np.r_[starts[1:], scores.size]
     tie = group[positives]
-    return Scored(truth, prob, order, 1.0 - sorted_truth, positives, starts[tie], ends[tie])
+    return Scored(truth, scores, numerators, denominators, order, 1.0 - sorted_truth, positives, starts[tie],
+                  ends[tie])
 
 
 def _weighted_auc(weights: np.ndarray, arm: Scored) -> np.ndarray:
     """ROC AUC per row of ``weights`` (resamples x rows), from one cumulative sum of negative weight
     per resample: a positive beats the negatives below its tie group and half of those inside it."""
+    assert arm.order is not None and arm.negative is not None
     ordered = weights[:, arm.order]
     below = np.zeros((weights.shape[0], weights.shape[1] + 1))
     np.cumsum(ordered * arm.negative, axis=1, out=below[:, 1:])
@@ -101,21 +133,15 @@ def _weighted_auc(weights: np.ndarray, arm: Scored) -> np.ndarray:
         return (positive_weight * beaten).sum(axis=1) / (positive_weight.sum(axis=1) * below[:, -1])
 
 
-def weighted_metric(metric: str, weights: np.ndarray, arm: Scored, threshold: float) -> np.ndarray:
+def weighted_metric(metric: str, weights: np.ndarray, arm: Scored) -> np.ndarray:
     """``metric`` under each row of resample weights; AUC by ranks, the others as ratios of weighted sums."""
     if metric == "auc":
         return _weighted_auc(weights, arm)
-    truth, prob = arm.truth, arm.prob
-    predicted = (prob >= threshold).astype(np.float64)
-    clipped = np.clip(prob, LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS)
-    numerators = {
-        "log_loss": -(truth * np.log(clipped) + (1.0 - truth) * np.log1p(-clipped)),
-        "brier": (prob - truth) ** 2, "accuracy": (predicted == truth).astype(np.float64),
-        "recall": predicted * truth, "precision": predicted * truth,
-    }  # fmt: skip
-    denominators = {"recall": truth, "precision": predicted}
+    numerator = arm.numerators[metric]
+    denominator = arm.denominators.get(metric, np.ones_like(numerator))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return (weights @ numerators[metric]) / (weights @ denominators.get(metric, np.ones_like(truth)))
+        value = (weights @ numerator) / (weights @ denominator)
+    return np.sqrt(value) if metric == "rmse" else value
 
 
 def resample_counts(rng: np.random.Generator, size: int, rows: int) -> np.ndarray:
@@ -128,17 +154,16 @@ def resample_counts(rng: np.random.Generator, size: int, rows: int) -> np.ndarra
     return np.bincount(draws.ravel(), minlength=size * rows).reshape(size, rows).astype(np.float64)
 
 
-def bootstrap_difference(champion: pl.DataFrame, challenger: pl.DataFrame, paired: bool, metric: str,
-                         threshold: float, resamples: int = RESAMPLES, seed: int = 7) -> np.ndarray:
+def bootstrap_difference(champion: Scored, challenger: Scored, paired: bool, metric: str,
+                         resamples: int = RESAMPLES, seed: int = 7) -> np.ndarray:
     """Challenger minus champion in ``resamples`` bootstrap resamples (pairs resampled together if paired)."""
     rng = np.random.default_rng(seed)
-    a, b = scored(champion), scored(challenger)
     out = []
     for start in range(0, resamples, CHUNK):
         size = min(CHUNK, resamples - start)
-        w_a = resample_counts(rng, size, a.truth.size)
-        w_b = w_a if paired else resample_counts(rng, size, b.truth.size)
-        out.append(weighted_metric(metric, w_b, b, threshold) - weighted_metric(metric, w_a, a, threshold))
+        w_a = resample_counts(rng, size, champion.truth.size)
+        w_b = w_a if paired else resample_counts(rng, size, challenger.truth.size)
+        out.append(weighted_metric(metric, w_b, challenger) - weighted_metric(metric, w_a, champion))
     return np.concatenate(out)
 
 
@@ -152,17 +177,18 @@ def _interval(draws: np.ndarray, alpha: float) -> tuple[float, float, float]:
     return float(low), float(high), min(1.0, 2.0 * (int(tail) + 1) / (finite.size + 1))
 
 
-def _row_log_loss(frame: pl.DataFrame) -> np.ndarray:
-    truth, prob = _arrays(frame)
-    clipped = np.clip(prob, LOG_LOSS_EPS, 1.0 - LOG_LOSS_EPS)
-    return -(truth * np.log(clipped) + (1.0 - truth) * np.log1p(-clipped))
+def _row_loss(arm: Scored, problem: str) -> np.ndarray:
+    return arm.numerators["rmse" if problem == "regression" else "log_loss"]
 
 
-def log_loss_test(champion: pl.DataFrame, challenger: pl.DataFrame, paired: bool, alpha: float) -> dict:
-    """Mean per-row log-loss difference (challenger - champion), paired t-test on shared rows, else Welch."""
-    a, b = _row_log_loss(champion), _row_log_loss(challenger)
-    result = {"test": "paired t-test" if paired else "Welch t-test", "mean_difference": math.nan,
-              "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan}
+def loss_test(champion: Scored, challenger: Scored, paired: bool, alpha: float, problem: str) -> dict:
+    """Mean per-row loss difference (challenger - champion), paired t-test on shared rows, else Welch.
+
+    The loss is the log loss (classification) or the squared error (regression).
+    """
+    a, b = _row_loss(champion, problem), _row_loss(challenger, problem)
+    result = {"test": "paired t-test" if paired else "Welch t-test", "loss": ROW_LOSS[problem],
+              "mean_difference": math.nan, "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan}
     if min(a.size, b.size) < 2:
         return result | {"test": None}
     result["mean_difference"] = float(b.mean() - a.mean())
@@ -182,7 +208,7 @@ def _recommendation(metric: str, rows: tuple[int, ...], min_rows: int, differenc
     diff, low, high = difference["value"], difference["ci_low"], difference["ci_high"]
     if missing or not math.isfinite(diff) or not math.isfinite(low):
         return f"inconclusive (need {max(missing, 1):,} more labelled rows)"
-    better = diff > 0 if HIGHER_IS_BETTER[metric] else diff < 0
+    better = diff > 0 if higher_is_better(metric) else diff < 0
     if low > 0 or high < 0:
         return "promote challenger" if better else "keep champion"
     if not better:
@@ -192,32 +218,44 @@ def _recommendation(metric: str, rows: tuple[int, ...], min_rows: int, differenc
     return f"inconclusive (need {max(more, 1):,} more labelled rows)"
 
 
-def _arm_summary(frame: pl.DataFrame, threshold: float) -> dict:
+def _arm_summary(frame: pl.DataFrame, arm: Scored, project: Project, classes: list[str] | None) -> dict:
     versions = []
     if "model_version" in frame.columns:
         versions = sorted({str(v) for v in frame.get_column("model_version").unique().to_list()})
-    truth, prob = _arrays(frame)
-    return binary_metrics(truth, prob, threshold) | {"rows": frame.height, "model_versions": versions}
+    metrics = compute_metrics(project.problem, arm.truth, arm.scores, project.threshold, classes)
+    return metrics | {"rows": frame.height, "model_versions": versions}
 
 
-def ab_test_report(joined: pl.DataFrame, metric: str = "auc", min_rows: int = 500, alpha: float = 0.05,
-                   seed: int = 7, threshold: float = 0.5, resamples: int = RESAMPLES) -> dict:
+def default_metric(project: Project) -> str:
+    supported = BOOTSTRAP_METRICS[project.problem]
+    return project.primary_metric if project.primary_metric in supported else supported[0]
+
+
+def ab_test_report(joined: pl.DataFrame, project: Project, metric: str | None = None, min_rows: int = 500,
+                   alpha: float = 0.05, seed: int = 7, resamples: int = RESAMPLES) -> dict:
     """Both arms' metrics, the ``metric`` difference with a bootstrap CI and p-value, and a recommendation."""
-    if metric not in BOOTSTRAP_METRICS:
-        raise ValueError(f"metric {metric!r} not supported; expected one of {', '.join(BOOTSTRAP_METRICS)}")
+    metric = metric or default_metric(project)
+    supported = BOOTSTRAP_METRICS[project.problem]
+    if metric not in supported:
+        raise ValueError(f"metric {metric!r} not supported for {project.problem}; expected one of "
+                         f"{', '.join(supported)}")
     start = time.perf_counter()
-    champion, challenger, paired = _arms(joined)
-    arms = {CHAMPION: _arm_summary(champion, threshold), CHALLENGER: _arm_summary(challenger, threshold)}
+    champion, challenger, paired = _arms(joined, project)
+    classes = classes_of(joined, project) if project.problem == "multiclass" else None
+    a, b = (scored(*truth_and_scores(f, project, classes), project.problem, project.threshold)
+            for f in (champion, challenger))
+    arms = {CHAMPION: _arm_summary(champion, a, project, classes),
+            CHALLENGER: _arm_summary(challenger, b, project, classes)}
     difference = {"metric": metric, "value": arms[CHALLENGER][metric] - arms[CHAMPION][metric],
                   "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan}
     rows = (champion.height,) if paired else (champion.height, challenger.height)
     if champion.height and challenger.height:
-        draws = bootstrap_difference(champion, challenger, paired, metric, threshold, resamples, seed)
+        draws = bootstrap_difference(a, b, paired, metric, resamples, seed)
         difference |= dict(zip(("ci_low", "ci_high", "p_value"), _interval(draws, alpha), strict=True))
     return {
         "design": "paired (shadow)" if paired else "split", "alpha": alpha, "resamples": resamples,
-        "arms": arms,
-        "difference": difference, "log_loss_test": log_loss_test(champion, challenger, paired, alpha),
+        "problem": project.problem, "arms": arms, "difference": difference,
+        "loss_test": loss_test(a, b, paired, alpha, project.problem),
         "recommendation": _recommendation(metric, rows, min_rows, difference),
         "seconds": time.perf_counter() - start,
     }
@@ -225,18 +263,17 @@ def ab_test_report(joined: pl.DataFrame, metric: str = "auc", min_rows: int = 50
 
 def ab_markdown(report: dict) -> str:
     """The recommendation first, then the evidence behind it."""
-    diff, arms, ll = report["difference"], report["arms"], report["log_loss_test"]
+    diff, arms, loss = report["difference"], report["arms"], report["loss_test"]
     confidence = f"{1 - report['alpha']:.0%}"
     lines = [f"**A/B test ({report['design']})**: {report['recommendation']}", "",
-             "| arm | rows | versions | " + diff["metric"] + " | log loss |", "|---|---|---|---|---|"]
+             "| arm | rows | versions | " + diff["metric"] + " |", "|---|---|---|---|"]
     for name, arm in arms.items():
-        lines.append(f"| {name} | {arm['rows']:,} | {', '.join(arm['model_versions'])} | "
-                     f"{arm[diff['metric']]:.4f} | {arm['log_loss']:.4f} |")
+        lines.append(f"| {name} | {arm['rows']:,} | {', '.join(arm['model_versions'])} | {arm[diff['metric']]:.4f} |")
     lines += ["", f"- {diff['metric']} difference (challenger - champion): {diff['value']:+.4f}, "
               f"{confidence} CI "
               f"[{diff['ci_low']:+.4f}, {diff['ci_high']:+.4f}], p = {diff['p_value']:.4f} "
               f"({report['resamples']} bootstrap resamples)"]
-    if ll["test"]:
-        lines.append(f"- log-loss difference: {ll['mean_difference']:+.4f}, {confidence} CI "
-                     f"[{ll['ci_low']:+.4f}, {ll['ci_high']:+.4f}], p = {ll['p_value']:.4f} ({ll['test']})")
+    if loss["test"]:
+        lines.append(f"- {loss['loss']} difference: {loss['mean_difference']:+.4f}, {confidence} CI "
+                     f"[{loss['ci_low']:+.4f}, {loss['ci_high']:+.4f}], p = {loss['p_value']:.4f} ({loss['test']})")
     return "\n".join([*lines, ""])

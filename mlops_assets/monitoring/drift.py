@@ -1,5 +1,12 @@
 """Data and prediction drift of served requests against the training set, as an Evidently 0.7 report.
 
+Works for any project: numbers and categories (declared categorical, or not numeric) get
+Evidently's default test for their kind, and the prediction column is whatever the project
+predicts (a probability, a value, a class).
+
+The share of drifted features is graded against the drift the training data shows between its
+own periods (``drift_calibration``), not against a fixed threshold alone.
+
 Why not ``DataDriftPreset``: on one month of requests (~28k rows x 49 columns) it takes several
 seconds on two cores (see ``benchmarks/monitoring.py``), because it tests every column three times
 (per-column ``ValueDrift``, the dataset count, and the table it renders) and draws two plotly
@@ -22,6 +29,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import polars as pl
+
+from mlops_assets.contract import LOG_PREDICTION
 
 REFERENCE_ROWS = 30_000
 SEED = 7
@@ -74,14 +83,21 @@ def _sample_origin(frame: pl.DataFrame) -> tuple[int, int] | None:
     return entry[1], entry[2]
 
 
-def _kinds(reference: pl.DataFrame, current: pl.DataFrame, columns: list[str]) -> tuple[list[str], list[str]]:
-    """Numerical and categorical columns; a column must be present, and of the same kind, on both sides."""
+def column_kinds(reference: pl.DataFrame, current: pl.DataFrame, columns: list[str],
+           declared: tuple[str, ...] = ()) -> tuple[list[str], list[str]]:
+    """Numerical and categorical columns; a column must be present, and of the same kind, on both sides.
+
+    A column declared categorical is one whatever its type (a numeric code is not a quantity).
+    """
     missing = [c for c in columns if c not in reference.columns or c not in current.columns]
     if missing:
         raise ValueError(f"column(s) missing from the reference or the current frame: {', '.join(missing)}")
     numerical, categorical = [], []
     for column in columns:
         numeric = [frame.schema[column].is_numeric() for frame in (reference, current)]
+        if column in declared:
+            categorical.append(column)
+            continue
         if numeric[0] != numeric[1]:
             raise ValueError(f"column {column!r} is numeric on one side only: "
                              f"{reference.schema[column]} vs {current.schema[column]}")
@@ -132,8 +148,21 @@ def _sampling_notes(reference: pl.DataFrame, current_source: int, current_rows: 
     return notes
 
 
+def aligned(reference: pl.DataFrame, current: pl.DataFrame,
+             columns: list[str]) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Both sides in one type per column: the log's JSON gives ints where training has floats, or nulls only."""
+    casts = {c: pl.Float64 if reference.schema[c].is_numeric() or reference.schema[c] == pl.Null else pl.String
+             for c in columns if c in reference.columns and c in current.columns
+             and reference.schema[c] != current.schema[c]}
+    if not casts:
+        return reference, current
+    return (reference.with_columns([pl.col(c).cast(t, strict=False) for c, t in casts.items()]),
+            current.with_columns([pl.col(c).cast(t, strict=False) for c, t in casts.items()]))
+
+
 def drift_report(reference: pl.DataFrame, current: pl.DataFrame, features: list[str],
-                 prediction: str = "probability", current_rows: int = 60_000) -> tuple[DriftSummary, str]:
+                 prediction: str = LOG_PREDICTION, current_rows: int = 60_000,
+                 categorical: tuple[str, ...] = ()) -> tuple[DriftSummary, str]:
     """Per-feature and prediction drift of ``current`` against ``reference``, and the Evidently HTML.
 
     Pass ``reference_sample(training_set)``, made once. ``current`` above ``current_rows`` is sampled
@@ -145,11 +174,14 @@ def drift_report(reference: pl.DataFrame, current: pl.DataFrame, features: list[
                          f"current {current.height}")
     used_prediction = _prediction_column(reference, current, prediction)
     columns = [*features, *([used_prediction] if used_prediction else [])]
-    numerical, categorical = _kinds(reference, current, columns)
-    sampled_current = current.sample(n=current_rows, seed=SEED) if current.height > current_rows else current
+    aligned_reference, aligned_current = aligned(reference, current, columns)
+    numerical, categorical_columns = column_kinds(aligned_reference, aligned_current, columns, categorical)
+    sampled_current = (aligned_current.sample(n=current_rows, seed=SEED) if current.height > current_rows
+                       else aligned_current)
     from mlops_assets.monitoring.evidently_report import run_report  # evidently takes ~2 s to import
 
-    table, html = run_report(reference, sampled_current, numerical, categorical, columns, used_prediction)
+    table, html = run_report(aligned_reference, sampled_current, numerical, categorical_columns, columns,
+                             used_prediction)
     per_feature = _per_feature(table, features, _null_shares(reference, features),
                                _null_shares(sampled_current, features))
     drifted = [f for f in features if per_feature[f]["drifted"]]
@@ -173,12 +205,14 @@ def _null_rises(summary: DriftSummary, points: float = 0.05) -> list[str]:
             if v["null_share_current"] - v["null_share_reference"] > points]
 
 
-def drift_markdown(summary: DriftSummary) -> str:
+def drift_markdown(summary: DriftSummary, calibration: str | None = None) -> str:
     """A short drift section for a UI: the verdict first, then the drifted features with their tests."""
     lines = [f"**Data drift**: {len(summary.drifted_features)} of {len(summary.per_feature)} features "
              "drifted "
              f"({summary.share_drifted:.0%}), {summary.current_rows:,} current vs {summary.reference_rows:,} "
              f"reference rows, {summary.seconds:.2f} s.", ""]
+    if calibration:
+        lines.append(f"- {calibration}")
     lines += [f"- {note}" for note in summary.notes]
     pred = summary.prediction_drift
     if pred.get("skipped"):

@@ -47,11 +47,10 @@ def _finite(values: pd.Series) -> pd.Series:
     return values.dropna()
 
 
-def _column_drift(column: str, current: Dataset, reference: Dataset) -> dict[str, object]:
+def column_drift(column: str, column_type: str, ref: pd.Series, cur: pd.Series) -> dict[str, object]:
     """Evidently's automatic test for the column; a column empty on one side only counts as drifted."""
-    column_type = current.column(column).type
-    ref, cur = _finite(reference.column(column).data), _finite(current.column(column).data)
-    row: dict[str, object] = {"column": column, "type": column_type.value}
+    ref, cur = _finite(ref), _finite(cur)
+    row: dict[str, object] = {"column": column, "type": column_type}
     if ref.empty or cur.empty:
         return row | {"stattest": NO_VALUES, "score": math.nan, "threshold": math.nan,
                       "drifted": ref.empty != cur.empty}
@@ -59,6 +58,20 @@ def _column_drift(column: str, current: Dataset, reference: Dataset) -> dict[str
     outcome = test(ref, cur, column_type, None)
     return row | {"stattest": test.display_name, "score": float(outcome.drift_score),
                   "threshold": float(outcome.actual_threshold), "drifted": bool(outcome.drifted)}
+
+
+def _column_drift(column: str, current: Dataset, reference: Dataset) -> dict[str, object]:
+    column_type = current.column(column).type.value
+    return column_drift(column, column_type, reference.column(column).data, current.column(column).data)
+
+
+def drift_table(reference: pl.DataFrame, current: pl.DataFrame, numerical: list[str],
+                categorical: list[str]) -> pd.DataFrame:
+    """The per-column table without a report (no HTML): what a calibration run needs, many times over."""
+    ref, cur = _pandas(reference, numerical, categorical), _pandas(current, numerical, categorical)
+    kinds = {**dict.fromkeys(numerical, "num"), **dict.fromkeys(categorical, "cat")}
+    rows = [column_drift(c, kinds[c], ref[c], cur[c]) for c in [*numerical, *categorical]]
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS).set_index("column")
 
 
 def _table_widgets(table: pd.DataFrame) -> list:
@@ -70,10 +83,14 @@ def _table_widgets(table: pd.DataFrame) -> list:
             table_data(title="", column_names=TABLE_COLUMNS, data=ordered.values.tolist())]
 
 
-def _dataset(frame: pl.DataFrame, numerical: list[str], categorical: list[str]) -> Dataset:
+def _pandas(frame: pl.DataFrame, numerical: list[str], categorical: list[str]) -> pd.DataFrame:
     """Numbers as float (null -> NaN), everything else as strings (booleans, categoricals, dates)."""
-    pandas = frame.select(*[pl.col(c).cast(pl.Float64).fill_nan(None) for c in numerical],
-                          *[pl.col(c).cast(pl.String) for c in categorical]).to_pandas()
+    return frame.select(*[pl.col(c).cast(pl.Float64).fill_nan(None) for c in numerical],
+                        *[pl.col(c).cast(pl.String) for c in categorical]).to_pandas()
+
+
+def _dataset(frame: pl.DataFrame, numerical: list[str], categorical: list[str]) -> Dataset:
+    pandas = _pandas(frame, numerical, categorical)
     definition = DataDefinition(numerical_columns=numerical, categorical_columns=categorical)
     # Evidently's column statistics divide by the count of values, 0 for an all-null column.
     with np.errstate(invalid="ignore", divide="ignore"):

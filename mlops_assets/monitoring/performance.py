@@ -1,11 +1,12 @@
 """Live model performance once the labels arrive, measured exactly as the offline evaluation measures it.
 
-A flight's label (arrived more than 15 minutes late) is known hours after its prediction, so
-served predictions are joined to labels as they come: every prediction is kept once, unlabelled
-ones wait with a null label, and the coverage says how much of the traffic can be judged yet.
-The metrics are ``evaluation.metrics``' own, so a live AUC is comparable with the model card's, and
-the gap to the offline figures is the concept-drift signal (features can look stable while the
-relation between them and the label moves).
+A label is known some time after its prediction (an arrival, tomorrow's temperature), so served
+predictions are joined to labels as they come, by the project's example id: every prediction is
+kept once, unlabelled ones wait with a null label, and the coverage says how much of the
+traffic can be judged yet. The metrics are ``evaluation.metrics``' own, per problem type (binary:
+AUC, log loss, calibration; multiclass: log loss, accuracy; regression: RMSE, MAE), so a live
+figure is comparable with the model card's, and the gap to the offline test figure is the
+concept-drift signal (features can look stable while the relation to the label moves).
 """
 
 from __future__ import annotations
@@ -15,16 +16,26 @@ import math
 import numpy as np
 import polars as pl
 
-from mlops_assets.evaluation.metrics import HIGHER_IS_BETTER, binary_metrics, sliced_metrics
-from mlops_assets.training.dataset import distance_band
+from mlops_assets.contract import LOG_PREDICTION, PERIOD
+from mlops_assets.evaluation.metrics import HIGHER_IS_BETTER, compute_metrics, slice_table
+from mlops_assets.project.spec import BinSlice, Project
 
-LABEL = "is_delayed"
-SCORE = "probability"
 DELIVERIES = "label_deliveries"
-MONTH = "month"
 SHADOW = "shadow"
+PROBABILITY, PROBABILITIES = "probability", "probabilities"
 CALIBRATION_BINS = 10
 DEGRADATION_TOLERANCE = 0.01
+HEADLINE = {"binary": ("auc", "log_loss", "brier", "recall"), "multiclass": ("log_loss", "accuracy", "macro_f1"),
+            "regression": ("rmse", "mae", "r2")}
+
+
+def score_column(project: Project) -> str:
+    """The column a problem's metrics read: the binary probability, the class probabilities, the value."""
+    return {"binary": PROBABILITY, "multiclass": PROBABILITIES, "regression": LOG_PREDICTION}[project.problem]
+
+
+def slice_names(project: Project) -> list[str]:
+    return [s.name if isinstance(s, BinSlice) else s for s in project.slices]
 
 
 def _check_keys(serving: pl.DataFrame, truth: pl.DataFrame, keys: list[str], label: str) -> None:
@@ -40,7 +51,7 @@ def _check_keys(serving: pl.DataFrame, truth: pl.DataFrame, keys: list[str], lab
         raise ValueError(f"serving frame already has a {label!r} column")
 
 
-def _labels(truth: pl.DataFrame, keys: list[str], label: str) -> pl.DataFrame:
+def _labels(truth: pl.DataFrame, keys: list[str], label: str, extra: list[str]) -> pl.DataFrame:
     """One label per key; identical re-deliveries collapse (and are counted), conflicting ones raise."""
     delivered = truth.filter(pl.col(label).is_not_null())
     distinct = delivered.select(*keys, label).unique()
@@ -49,24 +60,25 @@ def _labels(truth: pl.DataFrame, keys: list[str], label: str) -> pl.DataFrame:
         example = conflicts.sort(keys).row(0, named=True)
         count = conflicts.select(keys).n_unique()
         raise ValueError(f"{count} key(s) have conflicting labels, e.g. {example}")
-    deliveries = delivered.group_by(keys).agg(pl.len().cast(pl.Int64).alias(DELIVERIES))
+    deliveries = delivered.group_by(keys).agg(pl.len().cast(pl.Int64).alias(DELIVERIES),
+                                              *[pl.col(c).last() for c in extra])
     return distinct.join(deliveries, on=keys, how="inner")
 
 
-def join_ground_truth(serving: pl.DataFrame, truth: pl.DataFrame, keys: list[str],
-                      label: str = LABEL) -> pl.DataFrame:
+def join_ground_truth(serving: pl.DataFrame, truth: pl.DataFrame, keys: list[str], label: str) -> pl.DataFrame:
     """Every logged prediction once, in log order, with its label (null until it arrives).
 
-    ``label_deliveries`` counts the truth rows that carried the label (0: not arrived, 2+: delivered
-    again); ``label_coverage`` summarizes it.
+    Truth columns the log lacks (binned slice columns) come along. ``label_deliveries``
+    counts the truth rows that carried the label (0: not arrived, 2+: delivered again).
     """
     _check_keys(serving, truth, keys, label)
-    joined = serving.join(_labels(truth, keys, label), on=keys, how="left", validate="m:1",
+    extra = [c for c in truth.columns if c not in serving.columns and c not in (*keys, label)]
+    joined = serving.join(_labels(truth, keys, label, extra), on=keys, how="left", validate="m:1",
                           maintain_order="left", nulls_equal=False)
     return joined.with_columns(pl.col(DELIVERIES).fill_null(0))
 
 
-def label_coverage(joined: pl.DataFrame, label: str = LABEL) -> dict[str, float]:
+def label_coverage(joined: pl.DataFrame, label: str) -> dict[str, float]:
     """How much of the served traffic can be judged yet; predictions whose label came twice or more."""
     predictions = joined.height
     labelled = int(joined.get_column(label).is_not_null().sum())
@@ -74,6 +86,34 @@ def label_coverage(joined: pl.DataFrame, label: str = LABEL) -> dict[str, float]
     return {"predictions": predictions, "labelled": labelled,
             "coverage": labelled / predictions if predictions else math.nan,
             "predictions_with_repeated_label": repeated}
+
+
+def classes_of(frame: pl.DataFrame, project: Project) -> list[str]:
+    """Multiclass class order: the project's, else the probability struct's fields as logged."""
+    if project.classes:
+        return list(project.classes)
+    dtype = frame.schema.get(PROBABILITIES)
+    if isinstance(dtype, pl.Struct):
+        return [f.name for f in dtype.fields]
+    raise ValueError("a multiclass project needs `classes`, or predictions with `probabilities`")
+
+
+def truth_and_scores(frame: pl.DataFrame, project: Project,
+                     classes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores as `evaluation.metrics` takes them (multiclass: class codes and a probability matrix)."""
+    label = frame.get_column(project.label.name)
+    if project.problem != "multiclass":
+        return label.cast(pl.Float64).to_numpy(), frame.get_column(score_column(project)).cast(pl.Float64).to_numpy()
+    classes = classes or classes_of(frame, project)
+    codes = label.cast(pl.String).replace_strict(classes, list(range(len(classes))), default=None,
+                                                 return_dtype=pl.Int64)
+    if codes.null_count() > label.null_count():
+        unknown = label.filter(codes.is_null() & label.is_not_null()).unique().head(3).to_list()
+        raise ValueError(f"labels outside the classes {classes}: {unknown}")
+    probabilities = frame.get_column(PROBABILITIES).struct.unnest()
+    matrix = np.column_stack([probabilities.get_column(c).cast(pl.Float64).fill_null(0.0).to_numpy()
+                              if c in probabilities.columns else np.zeros(frame.height) for c in classes])
+    return codes.to_numpy().astype(np.float64), matrix
 
 
 def calibration_table(y_true: np.ndarray, y_prob: np.ndarray,
@@ -116,14 +156,6 @@ def offline_deltas(live: dict[str, float], offline: dict[str, float] | None) -> 
     return deltas
 
 
-def _with_slice_columns(frame: pl.DataFrame, slices: list[str]) -> pl.DataFrame:
-    """Month of the prediction time, and the distance band when asked for and derivable from distance."""
-    frame = frame.with_columns(pl.col("prediction_time").dt.strftime("%Y-%m").alias(MONTH))
-    if "distance_band" in slices and "distance_band" not in frame.columns and "distance" in frame.columns:
-        frame = frame.with_columns(distance_band=distance_band(pl.col("distance").cast(pl.Float64)))
-    return frame
-
-
 def _served(joined: pl.DataFrame, score: str) -> tuple[pl.DataFrame, dict[str, int]]:
     """Scored rows users were answered with; a shadow model's rows (the same requests scored again)
     and rows without a score (refused or failed requests) are left out, and counted."""
@@ -134,24 +166,30 @@ def _served(joined: pl.DataFrame, score: str) -> tuple[pl.DataFrame, dict[str, i
                                                 "unscored_rows_excluded": int(counts[1])}
 
 
-def live_performance(joined: pl.DataFrame, slices: list[str], threshold: float,
-                     offline: dict[str, float] | None, label: str = LABEL, score: str = SCORE) -> dict:
-    """Overall, monthly and per-slice metrics on labelled served rows, calibration, and the gap to offline."""
+def live_performance(joined: pl.DataFrame, project: Project, offline: dict[str, float] | None) -> dict:
+    """Overall, per-period and per-slice metrics on labelled served rows, binary calibration, the gap to offline."""
+    label, score = project.label.name, score_column(project)
     served, excluded = _served(joined, score)
-    labelled = _with_slice_columns(served.filter(pl.col(label).is_not_null()), slices)
-    truth, prob = labelled.get_column(label).to_numpy(), labelled.get_column(score).to_numpy()
-    overall = binary_metrics(truth, prob, threshold)
-    calibration = calibration_table(truth, prob)
-    return {
-        "coverage": label_coverage(served, label) | excluded,
-        "threshold": threshold,
+    labelled = served.filter(pl.col(label).is_not_null())
+    classes = classes_of(labelled, project) if project.problem == "multiclass" else None
+    truth, scores = truth_and_scores(labelled, project, classes)
+    overall = compute_metrics(project.problem, truth, scores, project.threshold, classes)
+    slices = [s for s in slice_names(project) if s in labelled.columns and s != PERIOD]
+    periods = [PERIOD] if PERIOD in labelled.columns else []
+    result = {
+        "problem": project.problem, "metric": project.primary_metric,
+        "coverage": label_coverage(served, label) | excluded, "threshold": project.threshold,
         "overall": overall,
-        "by_month": sliced_metrics(labelled, label, score, [MONTH], "binary", threshold).to_dicts(),
-        "by_slice": sliced_metrics(labelled, label, score, slices, "binary", threshold).to_dicts(),
-        "calibration": calibration,
-        "expected_calibration_error": expected_calibration_error(calibration),
+        "by_period": slice_table(labelled, periods, truth, scores, project.problem, project.threshold,
+                                 classes).to_dicts(),
+        "by_slice": slice_table(labelled, slices, truth, scores, project.problem, project.threshold,
+                                classes).to_dicts(),
         "deltas": offline_deltas(overall, offline),
     }
+    if project.problem == "binary":
+        calibration = calibration_table(truth, scores)
+        result |= {"calibration": calibration, "expected_calibration_error": expected_calibration_error(calibration)}
+    return result
 
 
 def _delta_line(metric: str, delta: dict) -> str:
@@ -159,10 +197,9 @@ def _delta_line(metric: str, delta: dict) -> str:
     return f"| {metric} | {delta['offline']:.4f} | {delta['live']:.4f} | {delta['delta']:+.4f}{flag} |"
 
 
-def performance_markdown(result: dict,
-                         metrics: tuple[str, ...] = ("auc", "log_loss", "brier", "recall")) -> str:
-    """Coverage, live vs offline metrics, and the worst calibration bin, for a UI."""
-    cov, overall = result["coverage"], result["overall"]
+def performance_markdown(result: dict) -> str:
+    """Coverage, live vs offline metrics, and (binary) the worst calibration bin, for a UI."""
+    cov, overall, metrics = result["coverage"], result["overall"], HEADLINE[result["problem"]]
     lines = [f"**Live performance**: {cov['labelled']:,} of {cov['predictions']:,} served predictions "
              "labelled "
              f"({cov['coverage']:.1%}); left out: {cov['shadow_rows_excluded']:,} shadow rows, "
@@ -172,8 +209,8 @@ def performance_markdown(result: dict,
         lines += ["| metric | offline | live | delta |", "|---|---|---|---|"]
         lines += [_delta_line(m, deltas[m]) for m in metrics if m in deltas]
     else:
-        lines += [f"- {m}: {overall[m]:.4f}" for m in metrics]
-    filled = [row for row in result["calibration"] if row["rows"]]
+        lines += [f"- {m}: {overall[m]:.4f}" for m in metrics if m in overall]
+    filled = [row for row in result.get("calibration", []) if row["rows"]]
     if filled:
         worst = max(filled, key=lambda row: abs(row["mean_predicted"] - row["observed_rate"]))
         lines += ["", f"- calibration error {result['expected_calibration_error']:.4f}; worst bin "

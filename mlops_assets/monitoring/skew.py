@@ -1,20 +1,30 @@
-"""Training/serving skew: the feature values a model was served, compared with the offline store's.
+"""Training/serving skew: the feature values a model was served, compared with the offline computation.
 
-The point-in-time training set says what each feature *should* have been for a flight at its
-prediction time. A served value that differs points at a stale online store, a TTL handled
-differently, a transform that is not shared, or a type change. A rate per feature says which.
+The training set's own feature code, run on the served request as of its prediction time, says
+what each feature *should* have been. A served value that differs points at a stale online
+store, an event pushed late, a TTL handled differently, a transform that is not shared, or a
+type change. A rate per feature says which.
 
-Rules: both missing is a match, one missing is a mismatch; numbers match within a relative
-tolerance (NaN counts as missing, as the prediction log writes NaN as null); anything else is
-compared exactly as text. Rows present on one side only are counted, never silently dropped.
+Rules: both missing is a match, one missing is a mismatch; numbers match within 1e-9, relative
+to the larger magnitude and absolute below 1 (windowed sums round differently in the last bits
+from one computation to the next; NaN counts as missing, as the prediction log writes NaN as
+null); anything else is compared exactly as text. Rows present on one side only are counted, never silently dropped.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import polars as pl
 
+from mlops_assets.contract import PREDICTION_TIME
+from mlops_assets.features.request_features import calendar_features
+from mlops_assets.project.spec import Project
+
+OfflineFeatures = Callable[[Project, pl.DataFrame, dict[str, pl.DataFrame]], pl.DataFrame]
+SERVED_KEYS = ["request_id", "instance"]
+TOLERANCE = 1e-9
 OFFLINE_SUFFIX = "__offline"
 _IN_SERVING = "__in_serving"
 _IN_OFFLINE = "__in_offline"
@@ -53,12 +63,13 @@ def _values(feature: str, number: bool) -> tuple[pl.Expr, pl.Expr]:
     return served.cast(pl.String), stored.cast(pl.String)
 
 
-def _aggregates(feature: str, number: bool, rel_tol: float) -> list[pl.Expr]:
+def _aggregates(feature: str, number: bool, tolerance: float) -> list[pl.Expr]:
     """Mismatch count, one-side-missing count and largest absolute difference of one feature."""
     served, stored = _values(feature, number)
     one_missing = served.is_null() ^ stored.is_null()
     if number:
-        differ = (served - stored).abs() > rel_tol * pl.max_horizontal(served.abs(), stored.abs())
+        scale = pl.max_horizontal(served.abs(), stored.abs(), pl.lit(1.0))
+        differ = (served - stored).abs() > tolerance * scale
         max_diff = (served - stored).abs().max()
     else:
         differ = served != stored
@@ -75,17 +86,28 @@ def _joined(serving: pl.DataFrame, offline: pl.DataFrame, keys: list[str], value
     return left.join(right, on=keys, how="full", coalesce=True, suffix=OFFLINE_SUFFIX, nulls_equal=False)
 
 
+def offline_for_served(served: pl.DataFrame, project: Project, views: dict[str, pl.DataFrame],
+                       compute: OfflineFeatures) -> pl.DataFrame:
+    """Every model feature of each served request recomputed offline, as of the prediction time the
+    offline definition gives (request time minus the lead), keyed like the log (request id, instance)."""
+    fields = [f for f in project.request.fields if f in served.columns]
+    moment = pl.col(project.request.time).cast(pl.Datetime("us", "UTC")) - project.prediction_time.lead
+    queries = served.select(*SERVED_KEYS, *fields).unique(SERVED_KEYS, keep="first", maintain_order=True)
+    queries = calendar_features(project, queries.with_columns(moment.alias(PREDICTION_TIME)))
+    return compute(project, queries, views)
+
+
 def skew_report(serving: pl.DataFrame, offline: pl.DataFrame, keys: list[str], features: list[str],
-                rel_tol: float = 1e-6) -> pl.DataFrame:
+                tolerance: float = TOLERANCE) -> pl.DataFrame:
     """One row per feature: rows compared, mismatches and their rate, plus the rows found on one side only.
 
     Every serving row is compared (a request logged by two arms counts twice, with the same values).
-    A feature that is also a key (carrier, origin) matches by construction. ``offline_unmatched`` is
-    normal when not every flight was requested; ``serving_unmatched`` is not: it means served
-    flights the offline store does not know.
+    A feature that is also a key matches by construction. ``offline_unmatched`` is normal when not
+    every example was requested; ``serving_unmatched`` is not: it means served requests the offline
+    side does not know.
     """
-    if rel_tol < 0:
-        raise ValueError(f"rel_tol must be non-negative, got {rel_tol}")
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be non-negative, got {tolerance}")
     _check_inputs(serving, offline, keys, features)
     values = [f for f in features if f not in keys]
     joined = _joined(serving, offline, keys, values)
@@ -94,7 +116,7 @@ def skew_report(serving: pl.DataFrame, offline: pl.DataFrame, keys: list[str], f
                            offline_only=(in_offline & ~in_serving).sum())
     compared = joined.filter(in_serving & in_offline)
     numbers = {f: _is_number(serving, offline, f) for f in features}
-    expressions = [e for f in values for e in _aggregates(f, numbers[f], rel_tol)]
+    expressions = [e for f in values for e in _aggregates(f, numbers[f], tolerance)]
     aggregates = compared.select(expressions).row(0, named=True) if expressions else {}
     rows = [_feature_row(f, numbers[f], compared.height, aggregates, counts.row(0)) for f in features]
     return pl.DataFrame(rows, schema=SCHEMA, orient="row")

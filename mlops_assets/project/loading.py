@@ -49,7 +49,8 @@ class LoadedProject:
 
 def _pydantic_error(path: Path, exc: ValidationError) -> ProjectError:
     """The first error, with its dotted location, the input (bounded) and what is allowed."""
-    err = exc.errors()[0]
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")  # a typo explains the rest
+    err = errors[0]
     where = ".".join(str(p) for p in err["loc"])
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
@@ -122,6 +123,10 @@ def _check_request(path: Path, project: Project) -> None:
     for key in sorted(view_keys | set(direct)):
         if key not in request.fields:
             raise ProjectError(path, "request.fields", f"{key!r} is a model input or view key but the request lacks it")
+    for column in project.examples.id:
+        if column not in request.fields:
+            raise ProjectError(path, "examples.id", f"{column!r} must also be a request field: labels are joined "
+                                                    "to served predictions by the example id")
     for name, feature in request.calendar.items():
         if feature.of not in request.fields:
             raise ProjectError(path, f"request.calendar.{name}.of", f"{feature.of!r} is not a request field")

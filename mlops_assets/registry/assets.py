@@ -4,9 +4,9 @@ import dagster as dg
 
 from mlops_assets.lake import EXPECTED, read_canary, read_record, write_record
 from mlops_assets.registry import registry
-from mlops_assets.registry.infra import validate_serving
+from mlops_assets.registry.infra import expected_array, validate_serving
 from mlops_assets.registry.model_card import model_card
-from mlops_assets.resources import LakeResource, TaskResource
+from mlops_assets.resources import LakeResource, ProjectResource
 from mlops_assets.tracking import MlflowResource, code_version, log_bytes
 
 GROUP = "registry"
@@ -14,24 +14,30 @@ BLESSED = "challenger_is_blessed"
 INFRA = "serving_infra_validation"
 
 
-def version_tags(candidate: dict, evaluation: dict, run_id: str, task_name: str) -> dict[str, str]:
-    overall = evaluation["challenger"]["overall"]
+def version_tags(candidate: dict, evaluation: dict, run_id: str, project_name: str) -> dict[str, str]:
+    """Provenance, the training window (the next evaluation compares this version only after it) and the verdict."""
+    overall, baseline = evaluation["challenger"]["overall"], evaluation["baseline"]["overall"]
     return {
-        "training_set_hash": candidate["training_set_hash"], "task": task_name,
+        "training_set_hash": candidate["training_set_hash"], "project": project_name,
+        "project_hash": candidate.get("project_hash", ""), "problem": candidate.get("problem", ""),
+        "train_window": candidate.get("train_window", ""), "validation_window": candidate.get("validation_window", ""),
         "blessed": str(evaluation["blessed"]).lower(),
-        "blessing_reasons": "; ".join(evaluation["reasons"])[:4000] or "passed all floors and comparisons",
+        "blessing_reasons": "; ".join(evaluation["reasons"])[:4000] or "passed the floors, baseline and comparisons",
+        "blessing_notes": "; ".join(evaluation.get("notes", []))[:4000],
         "dagster_run_id": run_id, "code_version": code_version(), "mlflow_run_id": candidate["run_id"],
         **{f"metric.{k}": f"{v:.6f}" for k, v in overall.items()},
+        **{f"baseline.{k}": f"{v:.6f}" for k, v in baseline.items() if k != "rows"},
     }
 
 
 @dg.asset(group_name=GROUP, deps=["model_evaluation"], kinds={"mlflow"},
           check_specs=[dg.AssetCheckSpec(BLESSED, asset="registered_model_version", blocking=True,
-                                         description="Floors and no regression vs champion (overall and slices).")])
-def registered_model_version(context: dg.AssetExecutionContext, lake: LakeResource, task: TaskResource,
+                                         description="Floors, beats the trivial baseline, worst slice, "
+                                                     "no regression vs champion on unseen periods.")])
+def registered_model_version(context: dg.AssetExecutionContext, lake: LakeResource, project: ProjectResource,
                              mlflow_tracking: MlflowResource) -> dg.MaterializeResult:
     """The candidate as a new registry version, tagged with data, metrics, verdict and provenance."""
-    spec, store = task.get(), lake.get()
+    spec, store = project.get().spec, lake.get()
     candidate, evaluation = read_record(store, "candidate_model"), read_record(store, "model_evaluation")
     client = mlflow_tracking.client()
     tags = version_tags(candidate, evaluation, context.run.run_id, spec.name)
@@ -54,12 +60,12 @@ def registered_model_version(context: dg.AssetExecutionContext, lake: LakeResour
 
 @dg.asset_check(asset="registered_model_version", name=INFRA, blocking=True,
                 description="Loads the version from the registry in a fresh process; canary predictions and latency.")
-def serving_infra_validation(lake: LakeResource, task: TaskResource,
+def serving_infra_validation(lake: LakeResource, project: ProjectResource,
                              mlflow_tracking: MlflowResource) -> dg.AssetCheckResult:
-    spec, store = task.get(), lake.get()
+    spec, store = project.get().spec, lake.get()
     registered = read_record(store, "registered_model_version")
     canary = read_canary(store)
-    expected = canary.pop(EXPECTED).to_numpy()
+    expected = expected_array(canary.pop(EXPECTED))
     uri = f"models:/{registered['name']}/{registered['version']}"
     report = validate_serving(uri, canary, expected, mlflow_tracking.env(), spec.infra.latency_budget_ms,
                               spec.infra.timeout_seconds)
@@ -71,10 +77,10 @@ def serving_infra_validation(lake: LakeResource, task: TaskResource,
 
 
 @dg.asset(group_name=GROUP, deps=["registered_model_version"], kinds={"mlflow"})
-def champion_model(context: dg.AssetExecutionContext, lake: LakeResource, task: TaskResource,
+def champion_model(context: dg.AssetExecutionContext, lake: LakeResource, project: ProjectResource,
                    mlflow_tracking: MlflowResource) -> dg.MaterializeResult:
     """Aliases after the gates: `challenger` on the blessed version, `champion` by the promotion policy."""
-    spec, store = task.get(), lake.get()
+    spec, store = project.get().spec, lake.get()
     registered = read_record(store, "registered_model_version")
     name, version = registered["name"], registered["version"]
     client = mlflow_tracking.client()

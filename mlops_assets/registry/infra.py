@@ -2,7 +2,8 @@
 
 The child process loads `models:/<name>/<version>` as pyfunc from the registry, scores the
 canary rows in one batch and then row by row (timed); the parent compares its predictions with
-the in-process ones and the latency with the budget.
+the in-process ones and the latency with the budget (`project.infra.latency_budget_ms`).
+A multiclass model's predictions are a probability row per canary row.
 """
 
 from __future__ import annotations
@@ -27,6 +28,18 @@ class InfraReport:
     passed: bool
     reasons: list[str]
     figures: dict[str, float] = field(default_factory=dict)
+
+
+def expected_column(predictions: np.ndarray) -> np.ndarray | list[np.ndarray]:
+    """In-process predictions as one canary column: a value per row, or a probability row per row."""
+    predictions = np.asarray(predictions, dtype=float)
+    return list(predictions) if predictions.ndim == 2 else predictions
+
+
+def expected_array(column: pd.Series) -> np.ndarray:
+    """The canary column back as an array: (n,) values or an (n, k) matrix."""
+    values = column.to_numpy()
+    return np.stack([np.asarray(v, dtype=float) for v in values]) if values.dtype == object else values.astype(float)
 
 
 def validate_serving(model_uri: str, canary: pd.DataFrame, expected: np.ndarray, env: dict[str, str],
@@ -60,5 +73,5 @@ def judge(got: np.ndarray, expected: np.ndarray, result: dict, latency_budget_ms
         reasons.append(f"single-row p99 latency {p99:.1f} ms exceeds the budget {latency_budget_ms} ms")
     figures = {"max_abs_diff": max_diff, "load_seconds": float(result["load_seconds"]),
                "single_row_p50_ms": float(result["single_row_p50_ms"]), "single_row_p99_ms": p99,
-               "canary_rows": float(got.size)}
+               "canary_rows": float(got.shape[0]) if got.ndim else 0.0}
     return InfraReport(not reasons, reasons, figures)

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import dagster as dg
 
 from mlops_assets.registry import registry
-from mlops_assets.resources import TaskResource
+from mlops_assets.resources import ProjectResource
 from mlops_assets.tracking import MlflowResource
 
 
@@ -33,10 +33,10 @@ def _report(client, name: str, event: dict[str, str], tracking: MlflowResource) 
 
 
 @dg.op
-def approve_version(context: dg.OpExecutionContext, config: ApprovalConfig, task: TaskResource,
+def approve_version(context: dg.OpExecutionContext, config: ApprovalConfig, project: ProjectResource,
                     mlflow_tracking: MlflowResource) -> Iterator[dg.AssetMaterialization | dg.Output]:
     """Make a blessed, infra-validated version the champion; anything else is refused."""
-    name, client = task.get().model_name, mlflow_tracking.client()
+    name, client = project.get().spec.model_name, mlflow_tracking.client()
     try:
         event = registry.promote(client, name, config.version, "approve", config.approver, config.reason,
                                  context.run.run_id)
@@ -47,10 +47,10 @@ def approve_version(context: dg.OpExecutionContext, config: ApprovalConfig, task
 
 
 @dg.op
-def rollback_to_previous(context: dg.OpExecutionContext, config: RollbackConfig, task: TaskResource,
+def rollback_to_previous(context: dg.OpExecutionContext, config: RollbackConfig, project: ProjectResource,
                          mlflow_tracking: MlflowResource) -> Iterator[dg.AssetMaterialization | dg.Output]:
     """Move `champion` back to the version it replaced."""
-    name, client = task.get().model_name, mlflow_tracking.client()
+    name, client = project.get().spec.model_name, mlflow_tracking.client()
     try:
         event = registry.rollback(client, name, config.requested_by, config.reason, context.run.run_id)
     except registry.GovernanceError as exc:

@@ -31,7 +31,7 @@ def ensure_model(client: MlflowClient, name: str, description: str) -> None:
 
 def register_version(client: MlflowClient, name: str, model_uri: str, run_id: str,
                      tags: dict[str, str], description: str) -> str:
-    """A new version of the task's model, tagged with where it came from and how it was judged."""
+    """A new version of the project's model, tagged with where it came from and how it was judged."""
     ensure_model(client, name, description)
     version = client.create_model_version(name, model_uri, run_id=run_id, tags=tags, description=description)
     return str(version.version)

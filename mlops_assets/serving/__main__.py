@@ -1,7 +1,8 @@
 """`python -m mlops_assets.serving [--host 127.0.0.1] [--port 8000] [--workers 1]`: the prediction service.
 
 Every other option comes from the environment (`MLOPS_SERVING_*`, see config.py), so all workers
-share it; the configuration is validated here first, to fail before any worker starts.
+share it; the configuration and the project file are validated here first, to fail before any
+worker starts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import logging
 
 import uvicorn
 
+from mlops_assets.project.loading import load_project
 from mlops_assets.serving.config import from_env
+from mlops_assets.serving.schemas import request_models
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -28,7 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    from_env()
+    config = from_env()
+    request_models(load_project(config.project_path).spec, config.max_batch)
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -14,16 +14,20 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 
+from mlops_assets.features.online_store import EventError, UnknownSource
 from mlops_assets.serving.config import ServingConfig, from_env
 from mlops_assets.serving.errors import ClientError, error_response, problems_of
-from mlops_assets.serving.schemas import BatchRequest, FlightRequest, PredictRequest, openapi_body
+from mlops_assets.serving.schemas import RequestModels, batch_schema, openapi_body
 from mlops_assets.serving.service import NotReady, Service
 from mlops_assets.serving.transport import (
     INTERNAL_ERROR,
     ObserveMiddleware,
     check_batch_size,
     parse_body,
+    parse_events,
     read_json_body,
 )
 
@@ -45,63 +49,61 @@ async def require_token(request: Request) -> None:
         raise ClientError(401, [{"field": "authorization", "problem": "missing or invalid bearer token"}])
 
 
-def _respond(
-    request: Request, flights: list[FlightRequest], explain: bool, endpoint: str, single: bool
-) -> Response:
+def _respond(request: Request, instances: list[BaseModel], explain: bool, endpoint: str, single: bool) -> Response:
     """Score, or turn any failure inside features/model code into a logged generic 500."""
     service, state = _service(request), request.state
     try:
-        answers = service.predict(flights, explain, state.request_id, endpoint, state.started)
-    except NotReady:
+        answers = service.predict(instances, explain, state.request_id, endpoint, state.started, single)
+    except (NotReady, ClientError):
         raise
     except Exception:
         log.exception("prediction failed for request %s", state.request_id)
         service.log_refusal(state.request_id, endpoint, 500, INTERNAL_ERROR, state.started)
         return error_response(500, INTERNAL_ERROR, state.request_id)
-    body = (
-        {"request_id": state.request_id, **answers[0]}
-        if single
-        else {"request_id": state.request_id, "predictions": answers}
-    )
+    body = ({"request_id": state.request_id, **answers[0]} if single
+            else {"request_id": state.request_id, "predictions": answers})
     return JSONResponse(body)
 
 
-def batch_openapi(limit: int) -> dict[str, object]:
-    schema = {
-        "type": "object",
-        "required": ["instances"],
-        "properties": {
-            "instances": {
-                "type": "array",
-                "minItems": 1,
-                "maxItems": limit,
-                "items": FlightRequest.model_json_schema(),
-            },
-            "explain": {"type": "boolean", "default": False},
-        },
-    }
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+EVENTS_BODY = {"type": "object", "required": ["events"], "additionalProperties": False,
+               "properties": {"events": {"type": "array", "minItems": 1,
+                                         "items": {"type": "object", "description": "columns of the source's schema "
+                                                   "the feature views read, plus an optional event_id"}}}}
 
 
-def prediction_router(config: ServingConfig) -> APIRouter:
+def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter:
     router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
 
-    @router.post("/predict", openapi_extra=openapi_body(PredictRequest))
+    @router.post("/predict", openapi_extra=openapi_body(models.single.model_json_schema()))
     async def predict(request: Request, explain: bool | None = None) -> Response:
-        """One flight -> probability of arriving >15 min late, freshness, model version (+ explanation)."""
+        """One instance -> the prediction, feature freshness, model version (+ explanation)."""
         body = await read_json_body(request, config.max_body_bytes)
-        flight = parse_body(PredictRequest, body, _service(request).validation_context)
-        return _respond(request, [flight], bool(explain) or flight.explain, "/v1/predict", single=True)
+        instance = parse_body(models.single, body, {})
+        return _respond(request, [instance], bool(explain) or instance.explain, "/v1/predict", single=True)
 
-    @router.post("/predict/batch", openapi_extra=batch_openapi(config.max_batch))
+    @router.post("/predict/batch", openapi_extra=openapi_body(batch_schema(models, config.max_batch)))
     async def predict_batch(request: Request, explain: bool | None = None) -> Response:
-        """Up to `max_batch` flights in one call, answered in order."""
+        """Up to `max_batch` instances in one call, answered in order."""
         body = await read_json_body(request, config.max_body_bytes)
         check_batch_size(body, config.max_batch)
-        batch = parse_body(BatchRequest, body, _service(request).validation_context)
-        return _respond(
-            request, list(batch.instances), bool(explain) or batch.explain, "/v1/predict/batch", single=False
-        )
+        batch = parse_body(models.batch, body, {})
+        return _respond(request, list(batch.instances), bool(explain) or batch.explain, "/v1/predict/batch",
+                        single=False)
+
+    @router.post("/events/{source}", openapi_extra=openapi_body(EVENTS_BODY))
+    async def push_events(request: Request, source: str) -> Response:
+        """Events of a source (e.g. an arrival just reported): the next prediction in every worker counts them.
+        The write runs off the event loop: a store busy with a rewrite must not stall predictions."""
+        body = await read_json_body(request, config.max_body_bytes)
+        events = parse_events(body, config.max_events)
+        try:
+            result = await run_in_threadpool(_service(request).push, source, events)
+        except UnknownSource as exc:
+            raise ClientError(404, [{"field": "source", "problem": str(exc.args[0])}]) from None
+        except EventError as exc:
+            raise ClientError(422, exc.problems) from None
+        return JSONResponse({"request_id": request.state.request_id, "accepted": result.accepted,
+                             "duplicates": result.duplicates, "unused": result.unused})
 
     return router
 
@@ -127,7 +129,10 @@ def ops_router() -> APIRouter:
             for arm, m in (("champion", arms.champion), ("challenger", arms.challenger))
             if m is not None
         }
-        return JSONResponse({"status": "ready", "models": served})
+        features = _service(request).features.snapshot
+        store = {"generation": features.generation, "pushed_seq": features.last_seq,
+                 "views_loaded": sorted(n for n, v in features.views.items() if v.loaded)}
+        return JSONResponse({"status": "ready", "models": served, "online_store": store})
 
     @router.get("/metrics")
     async def metrics(request: Request) -> Response:
@@ -171,21 +176,18 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
         service.start()
-        log.info(
-            "serving %s (ready=%s) after %.1f s",
-            service.task.model_name,
-            service.ready,
-            time.perf_counter() - started,
-        )
+        log.info("serving %s (ready=%s) after %.1f s", service.project.model_name, service.ready,
+                 time.perf_counter() - started)
         try:
             yield
         finally:
             service.stop()
 
-    app = FastAPI(title="mlops_assets prediction service", version="1", lifespan=lifespan)
+    app = FastAPI(title=f"{service.project.name} prediction service", version="1", lifespan=lifespan,
+                  description=service.project.description)
     app.state.service = service
     app.add_middleware(ObserveMiddleware, metrics=service.metrics)
-    app.include_router(prediction_router(cfg))
+    app.include_router(prediction_router(cfg, service.models))
     app.include_router(ops_router())
     _install_handlers(app)
     return app

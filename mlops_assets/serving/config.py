@@ -1,8 +1,8 @@
 """Serving configuration: one typed object, read from the environment so every worker sees the same.
 
 Each option `x` is read from `MLOPS_SERVING_X` (e.g. `MLOPS_SERVING_POLL_SECONDS=5`); the MLflow
-store from `MLFLOW_TRACKING_URI` / `MLFLOW_REGISTRY_URI`; the state folder and task from
-`MLOPS_STATE_DIR` / `MLOPS_TASK` like the rest of the platform.
+store from `MLFLOW_TRACKING_URI` / `MLFLOW_REGISTRY_URI`; the state folder and project from
+`MLOPS_STATE_DIR` / `MLOPS_PROJECT` like the rest of the platform.
 """
 
 from __future__ import annotations
@@ -14,8 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mlops_assets.settings import state_dir, task_path
-from mlops_assets.tracking import default_tracking_uri
+from mlops_assets.settings import default_tracking_uri, project_path, state_dir
 
 ENV_PREFIX = "MLOPS_SERVING_"
 ExperimentMode = Literal["off", "ab", "shadow", "canary"]
@@ -27,7 +26,7 @@ class ServingConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     state_dir: Path = Field(default_factory=state_dir)
-    task_path: Path = Field(default_factory=task_path)
+    project_path: Path = Field(default_factory=project_path)
     tracking_uri: str = Field(default_factory=default_tracking_uri)
     registry_uri: str = ""
     online_store_path: Path | None = None
@@ -36,12 +35,13 @@ class ServingConfig(BaseModel):
     explain_top_k: int = Field(5, ge=1)
     max_batch: int = Field(100, ge=1)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    max_events: int = Field(1000, ge=1, description="events per POST /v1/events/{source}")
     token: str | None = None
     experiment: ExperimentMode = "off"
     challenger_share: float = Field(0.1, ge=0, le=1)
-    split_key: Literal["tailnum", "request_id", "carrier", "flight"] = "tailnum"
+    split_key: str | None = Field(None, description="request field (or 'request_id') that picks the arm; "
+                                                    "default: the first key of the first feature view")
     split_salt: str = ""
-    enforce_ttl: bool = False
     log_queue_size: int = Field(10_000, ge=1)
     log_flush_seconds: float = Field(1.0, gt=0)
     log_file_records: int = Field(100_000, ge=1)

@@ -37,11 +37,16 @@ class ClientError(Exception):
         self.problems = problems
 
 
+NAME_CHARS = 40
+
+
 def field_name(loc: Sequence[str | int], prefix: str = "") -> str:
-    """('instances', 3, 'distance') -> 'instances[3].distance'; the whole body is 'body'."""
+    """('instances', 3, 'distance') -> 'instances[3].distance'; the whole body is 'body'. A name is cut
+    to 40 characters: an unknown field's name is the client's input, never echoed in full."""
     name = prefix
     for part in loc:
-        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+        text = str(part)[:NAME_CHARS]
+        name += f"[{part}]" if isinstance(part, int) else (f".{text}" if name else text)
     return name or "body"
 
 

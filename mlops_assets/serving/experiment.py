@@ -1,15 +1,16 @@
 """Online experiments: which arm answers a request, decided by a stable hash of a key.
 
 `ab` and `canary` are one mechanism (canary = a small `challenger_share`): the same key always
-lands in the same arm, so a plane (by default) sees one model for the whole experiment. `shadow`
-always answers with the champion and scores the challenger on the side.
+lands in the same arm, so an entity (by default the first view key) sees one model for the whole
+experiment. `shadow` always answers with the champion and scores the challenger on the side.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 
-from mlops_assets.serving.schemas import FlightRequest
+from mlops_assets.project.spec import Project
 
 SPLIT_MODES = frozenset({"ab", "canary"})
 
@@ -20,11 +21,23 @@ def bucket(key: str, salt: str = "") -> float:
     return int.from_bytes(digest, "big") / 2**64
 
 
-def split_key(flight: FlightRequest, request_id: str, key: str) -> str:
-    """The configured attribute of the flight; the request id when it is absent (no tail number)."""
+def resolve_split_key(configured: str | None, project: Project) -> str:
+    """The configured request field (or 'request_id'); by default the first key of the first view."""
+    if configured is None:
+        views = project.used_views
+        keys = project.entities[project.feature_views[views[0]].entity] if views else []
+        return keys[0] if keys else "request_id"
+    if configured != "request_id" and configured not in project.request.fields:
+        raise ValueError(f"split_key {configured[:40]!r} is not a request field; use one of "
+                         f"{sorted(project.request.fields)} or 'request_id'")
+    return configured
+
+
+def split_key(request: Mapping[str, object], request_id: str, key: str) -> str:
+    """The request's value of the split field; the request id when it is absent."""
     if key == "request_id":
         return request_id
-    value = getattr(flight, key)
+    value = request.get(key)
     return request_id if value is None else str(value)
 
 

@@ -1,133 +1,144 @@
-"""Request-time features: the booking's own features and the online-store lookup with freshness.
+"""Request-time view features: each view's events in memory, exact windows at the prediction time.
 
-`request_feature_values` is the per-row twin of `transforms.request_features` (same time zone,
-same weekday numbering, same casts); a test checks them equal on real flights.
+At start every used view's events are loaded from the online store into an `OnlineWindows` (a
+static view into a dict by key). Before each request (or batch) the events pushed since the last
+one are applied (one indexed `SELECT ... WHERE seq > ?`), so a push through any worker is seen by
+the next request in every worker. A request at time t gets exactly what training computed for t;
+a time before the history held (backdated) leaves the view missing rather than wrong. When the
+`online_store` asset rewrites the file (its generation moves), a new snapshot is loaded off the
+request path and swapped in.
 """
 
 from __future__ import annotations
 
-import sqlite3
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from zoneinfo import ZoneInfo
+import logging
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import polars as pl
 
-from mlops_assets.features.online_store import KEY_SEPARATOR, FeatureValue, OnlineStore
-from mlops_assets.features.transforms import LOCAL_TZ
-from mlops_assets.features.views import FEATURE_VIEWS, FeatureView, route_delay_view
-from mlops_assets.settings import DATA_DIR
+from mlops_assets.features.online_store import EVENT_ID, OnlineStore
+from mlops_assets.features.repository import is_static, view_aggregations, view_feature_names, view_keys
+from mlops_assets.features.windows import OnlineWindows
+from mlops_assets.project.spec import Project
 
-LOCAL = ZoneInfo(LOCAL_TZ)
-REQUEST_FEATURES = ("sched_hour", "day_of_week", "distance", "carrier", "origin", "dest")
-SERVED_ORIGINS = frozenset({"EWR", "JFK", "LGA"})
-
-
-def as_aware(moment: datetime) -> datetime:
-    """A naive time is New York local time (the airports' clock); aware times keep their zone."""
-    return moment.replace(tzinfo=LOCAL) if moment.tzinfo is None else moment
-
-
-def request_feature_values(scheduled_departure: datetime, distance: float) -> dict[str, object]:
-    """sched_hour (local NY hour), day_of_week (ISO 1..7, polars `weekday`), distance as float."""
-    local = as_aware(scheduled_departure).astimezone(LOCAL)
-    return {"sched_hour": local.hour, "day_of_week": local.isoweekday(), "distance": float(distance)}
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Lookup:
-    """One request's view values: features by name, age per view, and the views with no value."""
+    """One request's view values: features by name, age in seconds per view (None: nothing known, or a
+    static view), and the views missing: a key part absent, t before the history held (values None),
+    or nothing known for the key by t (values then are what training saw: counts 0, the rest None)."""
 
     features: dict[str, object]
     freshness: dict[str, float | None]
     missing: list[str]
 
 
-def views_for(features: list[str]) -> list[FeatureView]:
-    """The feature views a model reads, in registry order; a feature from nowhere is an error."""
-    owners = {f: v for v in FEATURE_VIEWS.values() for f in v.features}
-    unknown = [f for f in features if f not in owners and f not in REQUEST_FEATURES]
-    if unknown:
-        raise ValueError(f"model features neither in the request nor in a feature view: {unknown}")
-    used = {owners[f].name for f in features if f in owners}
-    return [v for v in FEATURE_VIEWS.values() if v.name in used]
+class ViewState:
+    """One view in memory: its windows (or static rows by key) and the names it provides."""
+
+    def __init__(self, project: Project, name: str, frame: pl.DataFrame | None, horizon: datetime | None) -> None:
+        self.name, self.keys = name, tuple(view_keys(project, name))
+        self.names = view_feature_names(project, name)
+        self.static = is_static(project, name)
+        self.loaded = frame is not None
+        self.windows: OnlineWindows | None = None
+        self.rows: dict[tuple, dict[str, object]] = {}
+        if not self.static:
+            view = project.feature_views[name]
+            assert view.known_at is not None
+            self.windows = OnlineWindows(self.keys, view.known_at, view_aggregations(project, name), EVENT_ID, horizon)
+        if frame is not None:
+            self.apply(frame)
+
+    def apply(self, frame: pl.DataFrame) -> None:
+        """Add events (idempotent by event id); a static view takes the latest row per key."""
+        if self.windows is not None:
+            self.windows.push(frame)
+            return
+        for row in frame.select(*self.keys, *self.names).iter_rows(named=True):
+            self.rows[tuple(row[k] for k in self.keys)] = {n: row[n] for n in self.names}
+
+    def lookup(self, key: tuple, t: datetime) -> tuple[dict[str, object] | None, float | None, bool]:
+        """(values or None when missing, freshness in seconds, whether anything is known for the key)."""
+        if not self.loaded or any(part is None for part in key):
+            return None, None, False
+        if self.windows is None:
+            values = self.rows.get(key)
+            return values, None, values is not None
+        result = self.windows.compute(key, t)
+        if not result.complete:
+            return None, None, False
+        if result.latest_known_at is None:
+            return result.values, None, False
+        return result.values, max(0.0, (t - result.latest_known_at).total_seconds()), True
 
 
-class FeatureLookup:
-    """Reads the online store (one SQLite connection per thread, handled by OnlineStore)."""
+@dataclass
+class Snapshot:
+    """Every view as of one store generation, plus the pushes applied so far."""
 
-    def __init__(self, path: Path, enforce_ttl: bool = False) -> None:
-        self.store = OnlineStore(path)
-        self.enforce_ttl = enforce_ttl
+    generation: int
+    last_seq: int
+    views: dict[str, ViewState]
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _read(self, view: FeatureView, keys: dict[str, object]) -> FeatureValue:
-        key = tuple(keys.get(k) for k in view.entity_keys)
-        if any(part is None for part in key):
-            return FeatureValue(None, None)
-        try:
-            return self.store.read(view, key)
-        except sqlite3.OperationalError as exc:
-            if "no such table" in str(exc):
-                return FeatureValue(None, None)
-            raise
 
-    def prefetch(self, views: list[FeatureView], requests: list[dict[str, object]]) -> dict:
-        """One query per view for a whole batch, instead of one per view and row."""
-        cache: dict[tuple[str, tuple[object, ...]], FeatureValue] = {}
-        for view in views:
-            keys = {tuple(r.get(k) for k in view.entity_keys) for r in requests}
-            keys = [k for k in keys if all(part is not None for part in k)]
-            try:
-                values = self.store.read_keys(view, keys)
-            except sqlite3.OperationalError as exc:
-                if "no such table" not in str(exc):
-                    raise
-                values = {}
-            cache.update({(view.name, k): values.get(k, FeatureValue(None, None)) for k in keys})
-        return cache
+class OnlineFeatures:
+    """The served views of a project, kept in step with the online store."""
 
-    def lookup(self, views: list[FeatureView], keys: dict[str, object], as_of: datetime,
-               cache: dict | None = None) -> Lookup:
-        """Latest value per view; with `enforce_ttl`, a value older than the view's TTL counts as missing."""
+    def __init__(self, store: OnlineStore, project: Project, views: Sequence[str]) -> None:
+        self.store, self.project, self.view_names = store, project, list(views)
+        self.snapshot = Snapshot(-1, 0, {v: ViewState(project, v, None, None) for v in self.view_names})
+
+    def load(self) -> Snapshot:
+        """A fresh snapshot of the store (events, static rows, every push so far), swapped in."""
+        generation, stored = self.store.read_views(self.project, self.view_names)
+        views = {name: ViewState(self.project, name, None if s is None else s.frame, None if s is None else s.horizon)
+                 for name, s in stored.items()}
+        snapshot = Snapshot(generation, 0, views)
+        self._sync(snapshot)
+        self.snapshot = snapshot
+        log.info("online store generation %s loaded: %s", generation,
+                 {n: len(v.windows) if v.windows is not None else len(v.rows) for n, v in views.items()})
+        return snapshot
+
+    def refresh(self) -> bool:
+        """Reload when the online store was rewritten since the snapshot (the watcher calls this)."""
+        if self.store.generation() == self.snapshot.generation:
+            return False
+        self.load()
+        return True
+
+    def _sync(self, snapshot: Snapshot) -> None:
+        last, frames = self.store.pushed_since(self.project, snapshot.last_seq, self.view_names)
+        for name, frame in frames.items():
+            snapshot.views[name].apply(frame)
+        snapshot.last_seq = last
+
+    def lookup_many(self, views: Sequence[str], requests: Sequence[Mapping[str, object]],
+                    times: Sequence[datetime]) -> list[Lookup]:
+        """Apply the pushes since the last call, then each request's views at its prediction time."""
+        snapshot = self.snapshot
+        with snapshot.lock:
+            self._sync(snapshot)
+            return [self._lookup(snapshot, views, request, t) for request, t in zip(requests, times, strict=True)]
+
+    def _lookup(self, snapshot: Snapshot, views: Sequence[str], request: Mapping[str, object],
+                t: datetime) -> Lookup:
         features: dict[str, object] = {}
         freshness: dict[str, float | None] = {}
         missing: list[str] = []
-        for view in views:
-            key = tuple(keys.get(k) for k in view.entity_keys)
-            cached = None if cache is None else cache.get((view.name, key))
-            found = cached if cached is not None else self._read(view, keys)
-            age = found.age_seconds(as_of)
-            if found.values is None or (
-                self.enforce_ttl
-                and view.ttl is not None
-                and age is not None
-                and age > view.ttl.total_seconds()
-            ):
-                missing.append(view.name)
-            else:
-                features.update(found.values)
-            freshness[view.name] = age
+        for name in views:
+            state = snapshot.views[name]
+            values, age, known = state.lookup(tuple(request.get(k) for k in state.keys), t)
+            if values is not None:
+                features.update(values)
+            if not known:
+                missing.append(name)
+            freshness[name] = age
         return Lookup(features, freshness, missing)
-
-
-def prediction_time(scheduled_departure: datetime, lead_hours: float) -> datetime:
-    """The project's prediction time: scheduled departure minus the task's lead, in UTC."""
-    return as_aware(scheduled_departure).astimezone(UTC) - timedelta(hours=lead_hours)
-
-
-def known_destinations(online_store: Path, data_dir: Path = DATA_DIR) -> frozenset[str]:
-    """FAA codes of the airports table plus every destination with a route in the online store."""
-    codes = set(pl.read_parquet(data_dir / "airports.parquet", columns=["faa"])["faa"].to_list())
-    if online_store.exists():
-        conn = sqlite3.connect(f"file:{online_store}?mode=ro", uri=True)
-        try:
-            table = conn.execute(
-                "SELECT name FROM sqlite_master WHERE type='table' AND name=?", (route_delay_view.name,)
-            ).fetchone()
-            if table is not None:
-                rows = conn.execute(f'SELECT key FROM "{route_delay_view.name}"').fetchall()
-                codes.update(key.split(KEY_SEPARATOR)[-1] for (key,) in rows)
-        finally:
-            conn.close()
-    return frozenset(c for c in codes if isinstance(c, str) and len(c) == 3 and c.isalnum() and c.isupper())

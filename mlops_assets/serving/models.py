@@ -3,6 +3,8 @@
 A request reads `slot.arms` once and uses that snapshot to the end, so a swap in the middle of a
 request never mixes two models; the old snapshot is garbage-collected when its last request ends.
 A background thread polls the registry aliases and swaps only after the new version fully loaded.
+Registered models are MLflow pyfuncs whose python model has `.model` (a `ScoringModel` or an
+object with the same attributes); nothing of the trainer is imported here.
 """
 
 from __future__ import annotations
@@ -11,21 +13,21 @@ import dataclasses
 import gc
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import mlflow.pyfunc
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 
-from mlops_assets.features.views import FEATURE_VIEWS, FeatureView
-from mlops_assets.registry.registry import CHALLENGER, CHAMPION, alias_version
-from mlops_assets.serving.features import views_for
+from mlops_assets.features.repository import view_feature_names
+from mlops_assets.project.spec import Project
+from mlops_assets.scoring_model import ScoringModel
 from mlops_assets.serving.metrics import Metrics
-from mlops_assets.training.model import TabularModel
 
 log = logging.getLogger(__name__)
-ARM_ALIASES = {"champion": CHAMPION, "challenger": CHALLENGER}
+ARM_ALIASES = {"champion": "champion", "challenger": "challenger"}
 
 
 @dataclass(frozen=True)
@@ -34,18 +36,23 @@ class LoadedModel:
 
     name: str
     version: str
-    model: TabularModel
-    views: tuple[FeatureView, ...]
+    model: ScoringModel
+    views: tuple[str, ...]
     loaded_at: datetime
 
     @classmethod
-    def build(cls, name: str, version: str, model: TabularModel) -> LoadedModel:
-        """Refuse what this service cannot answer for, before it is ever swapped in."""
-        if model.problem != "binary":
-            raise ValueError(f"{name} v{version} is a {model.problem} model; the service serves binary tasks")
-        loaded = cls(name, str(version), model, tuple(views_for(model.features)), datetime.now(UTC))
-        loaded.model.level_codes  # noqa: B018 - build the category index now, not on the first request
-        return loaded
+    def build(cls, name: str, version: str, model: object, project: Project) -> LoadedModel:
+        """Refuse what this project cannot answer for (another problem, inputs from nowhere) before a swap."""
+        scoring = ScoringModel.adopt(model)
+        if scoring.problem != project.problem:
+            raise ValueError(f"{name} v{version} is a {scoring.problem} model; the project is {project.problem}")
+        provided = {v: set(view_feature_names(project, v)) for v in project.used_views}
+        available = set(project.features).union(*provided.values())
+        unknown = [f for f in scoring.features if f not in available]
+        if unknown:
+            raise ValueError(f"{name} v{version} reads features the project does not provide: {unknown[:10]}")
+        views = tuple(v for v in project.used_views if provided[v] & set(scoring.features))
+        return cls(name, str(version), scoring, views, datetime.now(UTC))
 
 
 @dataclass(frozen=True)
@@ -54,12 +61,12 @@ class Arms:
 
     champion: LoadedModel | None = None
     challenger: LoadedModel | None = None
-    views: tuple[FeatureView, ...] = field(default=())
+    views: tuple[str, ...] = field(default=())
 
-    def with_arm(self, arm: str, loaded: LoadedModel | None) -> Arms:
+    def with_arm(self, arm: str, loaded: LoadedModel | None, order: Sequence[str]) -> Arms:
         chosen = dataclasses.replace(self, **{arm: loaded})
-        used = {v.name for m in (chosen.champion, chosen.challenger) if m is not None for v in m.views}
-        return dataclasses.replace(chosen, views=tuple(v for v in FEATURE_VIEWS.values() if v.name in used))
+        used = {v for m in (chosen.champion, chosen.challenger) if m is not None for v in m.views}
+        return dataclasses.replace(chosen, views=tuple(v for v in order if v in used))
 
     def get(self, arm: str) -> LoadedModel | None:
         return self.champion if arm == "champion" else self.challenger
@@ -68,19 +75,28 @@ class Arms:
 class ModelSlot:
     """Holds the current `Arms`; readers take the reference, the single writer replaces it."""
 
-    def __init__(self) -> None:
+    def __init__(self, view_order: Sequence[str] = ()) -> None:
         self.arms = Arms()
+        self.view_order = tuple(view_order)
         self._lock = threading.Lock()
 
     def replace(self, arm: str, loaded: LoadedModel | None) -> None:
         with self._lock:
-            self.arms = self.arms.with_arm(arm, loaded)
+            self.arms = self.arms.with_arm(arm, loaded, self.view_order)
 
 
-def load_version(client: MlflowClient, name: str, version: str) -> TabularModel:
-    """The TabularModel of one registered version, loaded from its artifact location."""
+def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
+    try:
+        return str(client.get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def load_version(client: MlflowClient, name: str, version: str) -> ScoringModel:
+    """The scoring model of one registered version, loaded from its artifact location."""
     source = client.get_model_version_download_uri(name, version)
-    return mlflow.pyfunc.load_model(source).unwrap_python_model().model
+    python_model = mlflow.pyfunc.load_model(source).unwrap_python_model()
+    return ScoringModel.adopt(getattr(python_model, "model", python_model))
 
 
 def settle_heap() -> None:
@@ -95,17 +111,10 @@ def settle_heap() -> None:
 class RegistryWatcher:
     """Polls the aliases every `poll_seconds` and hot-swaps an arm when its alias moves."""
 
-    def __init__(
-        self,
-        client: MlflowClient,
-        model_name: str,
-        slot: ModelSlot,
-        metrics: Metrics,
-        arms: tuple[str, ...],
-        poll_seconds: float,
-        also: Callable[[], None] | None = None,
-    ) -> None:
-        self.client, self.model_name, self.slot, self.metrics = client, model_name, slot, metrics
+    def __init__(self, client: MlflowClient, project: Project, slot: ModelSlot, metrics: Metrics,
+                 arms: tuple[str, ...], poll_seconds: float, also: Callable[[], object] | None = None) -> None:
+        self.client, self.project, self.model_name = client, project, project.model_name
+        self.slot, self.metrics = slot, metrics
         self.arms, self.poll_seconds, self.also = arms, poll_seconds, also
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="registry-watcher", daemon=True)
@@ -120,16 +129,11 @@ class RegistryWatcher:
                 self._alias_missing(arm, current)
             elif current is None or current.version != version:
                 model = load_version(self.client, self.model_name, version)
-                self.slot.replace(arm, LoadedModel.build(self.model_name, version, model))
+                self.slot.replace(arm, LoadedModel.build(self.model_name, version, model, self.project))
                 self.metrics.model_loaded(arm, self.model_name, version, swapped=current is not None)
                 swapped = True
-                log.info(
-                    "serving %s v%s as %s (was %s)",
-                    self.model_name,
-                    version,
-                    arm,
-                    current.version if current else "nothing",
-                )
+                log.info("serving %s v%s as %s (was %s)", self.model_name, version, arm,
+                         current.version if current else "nothing")
         if swapped:
             settle_heap()
 
@@ -138,9 +142,8 @@ class RegistryWatcher:
         if current is None:
             return
         if arm == "champion":
-            log.warning(
-                "alias %s of %s is gone; still serving v%s", CHAMPION, self.model_name, current.version
-            )
+            log.warning("alias %s of %s is gone; still serving v%s", ARM_ALIASES[arm], self.model_name,
+                        current.version)
             return
         self.slot.replace(arm, None)
         self.metrics.model_dropped(arm)
@@ -158,11 +161,11 @@ class RegistryWatcher:
             self.safe_refresh()
 
     def safe_refresh(self) -> None:
-        """A failed poll (registry down, broken artifact) is logged and retried; serving goes on."""
+        """A failed poll (registry or store down, broken artifact) is logged and retried; serving goes on."""
         for step in (self.refresh, self.also):
             if step is None:
                 continue
             try:
                 step()
             except Exception:
-                log.exception("registry poll for %s failed; keeping what is already loaded", self.model_name)
+                log.exception("poll for %s failed; keeping what is already loaded", self.model_name)

@@ -1,85 +1,127 @@
-"""Typed request bodies: a flight as known at scheduling time, alone or in a batch.
+"""Request bodies built from the project's `request.fields`: one instance, alone or in a batch.
 
-Strict JSON types (a number is not a string, a flight number is an integer). Airports are checked
-against what the service can answer for: origins EWR/JFK/LGA; destinations from the validation
-context (airports table plus the online store's route keys), so an unknown code is a 422, not a
-silent missing value.
+Strict JSON types (a number is not a string, an integer field refuses 1.5), unknown fields refused,
+ranges, domains (the message lists the allowed values), patterns (the message shows an example,
+never the regex) and lengths from the project file. A naive datetime is local time of the field's
+`time_zone` and becomes aware on parsing; a local time that does not exist there is refused.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from typing import Any
+import re
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from functools import partial
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 
-from mlops_assets.serving.features import SERVED_ORIGINS, as_aware
+from mlops_assets.features.request_features import localize
+from mlops_assets.project.spec import Project, RequestFieldSpec
 
-EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2101, 1, 1, tzinfo=UTC)
-DESTINATIONS = "destinations"
+PYTHON_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool, "datetime": datetime,
+                                 "date": date}
+RESERVED = frozenset({"explain", "instances"})
 
 
-class FlightRequest(BaseModel):
-    """One scheduled flight; `scheduled_departure` without a zone is New York local time."""
+def _in_domain(allowed: tuple[str, ...], value: object) -> object:
+    if value is not None and str(value) not in allowed:
+        raise ValueError(f"must be one of {', '.join(repr(a) for a in allowed)}")
+    return value
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
-    carrier: str = Field(pattern=r"^[A-Z0-9]{2}$", description="IATA carrier code, e.g. 'UA'")
-    flight: int = Field(ge=1, le=9999, description="flight number")
-    tailnum: str | None = Field(None, pattern=r"^[A-Z0-9]{2,8}$", description="tail number, e.g. 'N14228'")
-    origin: str = Field(description="EWR, JFK or LGA")
-    dest: str = Field(pattern=r"^[A-Z0-9]{3}$", description="FAA code of the destination airport")
-    scheduled_departure: datetime = Field(description="ISO 8601; naive = America/New_York local time")
-    distance: float = Field(gt=0, le=20_000, allow_inf_nan=False, description="great-circle miles")
+def _matches(pattern: str, example: object, value: object) -> object:
+    if value is not None and not re.fullmatch(pattern, str(value)):
+        hint = f"; e.g. {example!r}" if example is not None else ""
+        raise ValueError(f"has an unexpected format{hint}")
+    return value
 
-    @field_validator("origin")
-    @classmethod
-    def _served_origin(cls, value: str) -> str:
-        if value not in SERVED_ORIGINS:
-            raise ValueError(
-                f"unknown origin airport; this service predicts departures from {sorted(SERVED_ORIGINS)}"
-            )
+
+def _aware(zone_name: str, value: object) -> object:
+    """A naive datetime gets the field's zone; the instant must be a real local time within range."""
+    if not isinstance(value, datetime):
         return value
-
-    @field_validator("dest")
-    @classmethod
-    def _known_destination(cls, value: str, info: ValidationInfo) -> str:
-        known = (info.context or {}).get(DESTINATIONS)
-        if known is not None and value not in known:
-            raise ValueError(
-                "unknown destination airport (not in the airports table nor in any served route)"
-            )
-        return value
-
-    @field_validator("scheduled_departure")
-    @classmethod
-    def _plausible_date(cls, value: datetime) -> datetime:
-        if not EARLIEST <= as_aware(value) < LATEST:
-            raise ValueError("scheduled departure must be between 2000-01-01 and 2100-12-31")
-        return value
+    moment = localize(value, zone_name)
+    if moment is None:
+        raise ValueError(f"this local time does not exist in {zone_name} (clocks moved forward)")
+    if not EARLIEST <= moment < LATEST:
+        raise ValueError("must be between 1900-01-01 and 2100-12-31")
+    return moment
 
 
-class PredictRequest(FlightRequest):
-    """The single-prediction body: a flight, optionally asking for an explanation."""
+def _field(name: str, spec: RequestFieldSpec) -> tuple[Any, Any]:
+    """(annotation, FieldInfo) of one request field."""
+    constraints: dict[str, Any] = {"description": spec.description or None}
+    if spec.example is not None:
+        constraints["examples"] = [spec.example]
+    validators: list[Any] = []
+    if spec.type in {"int", "float"}:
+        constraints.update(ge=spec.min, le=spec.max, gt=spec.gt)
+        if spec.type == "float":
+            constraints["allow_inf_nan"] = False
+    if spec.type == "str":
+        constraints["max_length"] = spec.max_length
+        if spec.pattern:
+            validators.append(AfterValidator(partial(_matches, spec.pattern, spec.example)))
+            constraints["json_schema_extra"] = {"pattern": spec.pattern}
+    if spec.domain:
+        validators.append(AfterValidator(partial(_in_domain, tuple(spec.domain))))
+        constraints["json_schema_extra"] = {"enum": list(spec.domain)}
+    if spec.type == "datetime":
+        validators.append(AfterValidator(partial(_aware, spec.time_zone or "UTC")))
+    annotation: Any = Annotated[PYTHON_TYPES[spec.type], *validators] if validators else PYTHON_TYPES[spec.type]
+    if not spec.required:
+        return annotation | None, Field(None, **constraints)
+    return annotation, Field(..., **constraints)
 
-    explain: bool = False
+
+@dataclass(frozen=True)
+class RequestModels:
+    """The generated models: an instance, the single-prediction body and the batch body."""
+
+    instance: type[BaseModel]
+    single: type[BaseModel]
+    batch: type[BaseModel]
 
 
-class BatchRequest(BaseModel):
-    """Several flights scored in one call (up to the configured maximum)."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-    instances: list[FlightRequest] = Field(min_length=1)
-    explain: bool = False
+def model_name(project: Project) -> str:
+    return "".join(part.capitalize() for part in project.name.split("_")) + "Request"
 
 
-def openapi_body(model: type[BaseModel]) -> dict[str, Any]:
+def request_models(project: Project, max_batch: int) -> RequestModels:
+    """Pydantic models for the project's request (names and types exactly as declared)."""
+    clash = sorted(RESERVED & set(project.request.fields))
+    if clash:
+        raise ValueError(f"request fields may not be named {clash}: the service uses those names")
+    fields = {name: _field(name, spec) for name, spec in project.request.fields.items()}
+    example = project.request.example or {n: s.example for n, s in project.request.fields.items()
+                                          if s.example is not None}
+    strict = {"strict": True, "extra": "forbid", "frozen": True}
+    instance = create_model(
+        model_name(project), __config__=ConfigDict(**strict, json_schema_extra={"examples": [example]}),
+        __doc__=f"One instance of {project.name}: {project.description.strip()}", **fields)
+    single = create_model(
+        f"{model_name(project)}Body", __base__=instance,
+        __doc__="One instance to score, optionally asking for an explanation.",
+        explain=(bool, Field(False, description="add the top TreeSHAP contributions")))
+    batch = create_model(
+        f"{model_name(project)}Batch", __config__=ConfigDict(**strict),
+        __doc__=f"Up to {max_batch} instances, answered in order.",
+        instances=(list[instance], Field(..., min_length=1, max_length=max_batch)),  # type: ignore[valid-type]
+        explain=(bool, False))
+    return RequestModels(instance, single, batch)
+
+
+def openapi_body(schema: dict[str, Any]) -> dict[str, Any]:
     """Request-body documentation for routes that parse the body themselves (OpenAPI only)."""
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
-        }
-    }
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def batch_schema(models: RequestModels, limit: int) -> dict[str, Any]:
+    """The batch body with the instance schema inlined (no $defs for FastAPI to resolve)."""
+    return {"type": "object", "required": ["instances"], "title": models.batch.__name__,
+            "properties": {"instances": {"type": "array", "minItems": 1, "maxItems": limit,
+                                         "items": models.instance.model_json_schema()},
+                           "explain": {"type": "boolean", "default": False}}}

@@ -1,13 +1,13 @@
-"""The prediction service without HTTP: lookup, arm choice, scoring, explanation, log records.
+"""The prediction service behind the HTTP layer: prepare, score per arm, answer, log; push events.
 
-Hot path = dicts and one float64 matrix per arm; no pandas. Every call takes one snapshot of the
-served arms, so a hot swap during the call is invisible to it.
+Everything comes from the project: request fields, calendar features, the views and their keys,
+the prediction time, the problem type and the threshold. Each instance's model inputs are its
+direct request features, its calendar features and the view features at its prediction time.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
@@ -15,22 +15,21 @@ from datetime import UTC, datetime
 
 import numpy as np
 from mlflow import MlflowClient
+from pydantic import BaseModel
 
-from mlops_assets.evaluation.metrics import top_contributions
-from mlops_assets.serving.config import ServingConfig
-from mlops_assets.serving.experiment import choose_arm, split_key
-from mlops_assets.serving.features import (
-    FeatureLookup,
-    Lookup,
-    known_destinations,
-    prediction_time,
-    request_feature_values,
-)
+from mlops_assets.contract import LOG_FEATURES, LOG_INPUTS, LOG_PREDICTION, PREDICTION_TIME
+from mlops_assets.features.online_store import OnlineStore, PushResult
+from mlops_assets.features.request_features import calendar_values, prediction_time
+from mlops_assets.project.loading import load_project
+from mlops_assets.serving.answers import clean, explain_one, logged_prediction, outcome
+from mlops_assets.serving.config import ConfigError, ServingConfig
+from mlops_assets.serving.errors import ClientError
+from mlops_assets.serving.experiment import choose_arm, resolve_split_key, split_key
+from mlops_assets.serving.features import Lookup, OnlineFeatures
 from mlops_assets.serving.metrics import Metrics
 from mlops_assets.serving.models import Arms, LoadedModel, ModelSlot, RegistryWatcher
 from mlops_assets.serving.predlog import PredictionLog
-from mlops_assets.serving.schemas import DESTINATIONS, FlightRequest
-from mlops_assets.task import load_task
+from mlops_assets.serving.schemas import request_models
 
 
 class NotReady(Exception):
@@ -39,69 +38,49 @@ class NotReady(Exception):
 
 @dataclass(frozen=True)
 class Prepared:
-    """One instance ready to score: the model inputs by name, its lookup and its prediction time."""
+    """One instance ready to score: its inputs, model row, lookup, prediction time and arm."""
 
-    flight: FlightRequest
+    inputs: dict[str, object]
     row: dict[str, object]
     lookup: Lookup
     prediction_time: datetime
     arm: str
 
 
-def clean(value: object) -> object:
-    """NaN is not JSON: report it as null."""
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def explanation(
-    contributions: np.ndarray, loaded: LoadedModel, row: dict[str, object], k: int
-) -> dict[str, object]:
-    """Top-k TreeSHAP contributions in log-odds; base + top + other = the log-odds of the probability."""
-    top = top_contributions(contributions, loaded.model.features, k)
-    for item in top:
-        item["value"] = clean(row.get(str(item["feature"])))  # type: ignore[assignment]
-    rest = float(contributions[:-1].sum()) - sum(float(t["contribution"]) for t in top)
-    return {"units": "log-odds", "base_value": float(contributions[-1]), "top": top, "other": rest}
-
-
-def entity_keys(flight: FlightRequest) -> dict[str, object]:
-    """The request fields the feature views are keyed by."""
-    return {"origin": flight.origin, "dest": flight.dest, "carrier": flight.carrier, "tailnum": flight.tailnum}
+def _allowed(levels: list[str]) -> str:
+    shown = ", ".join(repr(v) for v in levels[:20])
+    return shown + (f" and {len(levels) - 20} more" if len(levels) > 20 else "")
 
 
 class Service:
-    """Owns the model slot, the registry watcher, the online-store lookup and the prediction log."""
+    """Owns the model slot, the registry watcher, the online features and the prediction log."""
 
     def __init__(self, config: ServingConfig) -> None:
         self.config = config
-        self.task = load_task(config.task_path)
+        self.project = load_project(config.project_path).spec
+        self.models = request_models(self.project, config.max_batch)
+        try:
+            self.split_key = resolve_split_key(config.split_key, self.project)
+        except ValueError as exc:
+            raise ConfigError(f"MLOPS_SERVING_SPLIT_KEY: {exc}") from None
+        self.direct = [f for f in self.project.features if f not in self.project.request.calendar]
         self.metrics = Metrics()
-        self.slot = ModelSlot()
-        self.lookup = FeatureLookup(config.online_store, config.enforce_ttl)
-        self.log = PredictionLog(
-            config.prediction_log_dir,
-            config.log_queue_size,
-            config.log_flush_seconds,
-            config.log_file_records,
-        )
-        self.validation_context: dict[str, object] = {DESTINATIONS: None}
+        self.slot = ModelSlot(self.project.used_views)
+        self.store = OnlineStore(config.online_store)
+        self.features = OnlineFeatures(self.store, self.project, self.project.used_views)
+        self.log = PredictionLog(config.prediction_log_dir, config.log_queue_size, config.log_flush_seconds,
+                                 config.log_file_records)
         client = MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.effective_registry_uri)
         arms = ("champion",) if config.experiment == "off" else ("champion", "challenger")
-        self.watcher = RegistryWatcher(
-            client,
-            self.task.model_name,
-            self.slot,
-            self.metrics,
-            arms,
-            config.poll_seconds,
-            also=self.refresh_destinations,
-        )
+        self.watcher = RegistryWatcher(client, self.project, self.slot, self.metrics, arms, config.poll_seconds,
+                                       also=self.features.refresh)
 
     def start(self) -> None:
         """Threads start here; a short GIL switch interval keeps the log writer and registry poller
         from holding a request for Python's default 5 ms (measured: p99 7.5 ms -> 1.4 ms)."""
         sys.setswitchinterval(self.config.switch_interval_ms / 1000)
         self.log.start()
+        self.features.load()
         self.watcher.safe_refresh()
         self.watcher.start()
 
@@ -109,46 +88,56 @@ class Service:
         self.watcher.stop()
         self.log.close()
 
-    def refresh_destinations(self) -> None:
-        """Airports table + online-store routes + the champion's levels (None before the first read)."""
-        champion = self.slot.arms.champion
-        levels = champion.model.categorical_levels.get("dest", []) if champion is not None else []
-        self.validation_context = {DESTINATIONS: known_destinations(self.config.online_store) | set(levels)}
-
     @property
     def ready(self) -> bool:
         return self.slot.arms.champion is not None
 
-    def _prepare(self, flight: FlightRequest, request_id: str, arms: Arms, cache: dict | None) -> Prepared:
-        when = prediction_time(flight.scheduled_departure, self.task.prediction_lead_hours)
-        found = self.lookup.lookup(list(arms.views), entity_keys(flight), when, cache)
-        row = {
-            **found.features,
-            **request_feature_values(flight.scheduled_departure, flight.distance),
-            "carrier": flight.carrier,
-            "origin": flight.origin,
-            "dest": flight.dest,
-        }
-        cfg = self.config
-        arm = choose_arm(
-            cfg.experiment,
-            cfg.challenger_share,
-            split_key(flight, request_id, cfg.split_key),
-            cfg.split_salt,
-            arms.challenger is not None,
-        )
-        return Prepared(flight, row, found, when, arm)
+    def push(self, source: str, events: list[object]) -> PushResult:
+        """Store pushed events of a source (every worker applies them before its next request)."""
+        return self.store.push(self.project, source, events)
 
-    def predict(
-        self, flights: list[FlightRequest], explain: bool, request_id: str, endpoint: str, started: float
-    ) -> list[dict[str, object]]:
-        """Score every flight with its arm (one matrix per arm), answer, and queue the log records."""
+    def _refuse_unknown(self, requests: list[dict[str, object]], champion: LoadedModel, single: bool) -> None:
+        """With `unknown_categories: refuse`, a category the champion never saw is a 422 naming it."""
+        if self.project.request.unknown_categories != "refuse":
+            return
+        problems = []
+        for i, request in enumerate(requests):
+            for name in champion.model.unseen({f: request.get(f) for f in self.direct}):
+                where = name if single else f"instances[{i}].{name}"
+                levels = champion.model.categorical_levels[name]
+                problems.append({"field": where, "problem": f"unknown value; the model knows {_allowed(levels)}"})
+        if problems:
+            raise ClientError(422, problems[:20])
+
+    def _prepare(self, instances: list[BaseModel], requests: list[dict[str, object]], ids: list[str],
+                 arms: Arms, single: bool) -> list[Prepared]:
+        times = [prediction_time(self.project, r) for r in requests]
+        if any(t is None for t in times):
+            field = self.project.request.time
+            where = [field if single else f"instances[{i}].{field}" for i, t in enumerate(times) if t is None]
+            raise ClientError(422, [{"field": w, "problem": "field required: the prediction time is derived from it"}
+                                    for w in where[:20]])
+        lookups = self.features.lookup_many(arms.views, requests, times)  # type: ignore[arg-type]
+        cfg, out = self.config, []
+        for instance, request, when, found, rid in zip(instances, requests, times, lookups, ids, strict=True):
+            row = {**found.features, **calendar_values(self.project, request),
+                   **{f: request.get(f) for f in self.direct}}
+            arm = choose_arm(cfg.experiment, cfg.challenger_share, split_key(request, rid, self.split_key),
+                             cfg.split_salt, arms.challenger is not None)
+            inputs = instance.model_dump(mode="json", exclude={"explain"})
+            out.append(Prepared(inputs, row, found, when, arm))  # type: ignore[arg-type]
+        return out
+
+    def predict(self, instances: list[BaseModel], explain: bool, request_id: str, endpoint: str,
+                started: float, single: bool = True) -> list[dict[str, object]]:
+        """Score every instance with its arm (one matrix per arm), answer, and queue the log records."""
         arms = self.slot.arms
         if arms.champion is None:
             raise NotReady
-        ids = [request_id] if len(flights) == 1 else [f"{request_id}:{i}" for i in range(len(flights))]
-        cache = self.lookup.prefetch(list(arms.views), [entity_keys(f) for f in flights]) if len(flights) > 1 else None
-        items = [self._prepare(f, rid, arms, cache) for f, rid in zip(flights, ids, strict=True)]
+        requests = [i.model_dump(exclude={"explain"}) for i in instances]
+        self._refuse_unknown(requests, arms.champion, single)
+        ids = [request_id] if len(instances) == 1 else [f"{request_id}:{i}" for i in range(len(instances))]
+        items = self._prepare(instances, requests, ids, arms, single)
         answers: list[dict[str, object]] = [{} for _ in items]
         records: list[dict[str, object]] = []
         for arm in sorted({p.arm for p in items}):
@@ -157,86 +146,56 @@ class Service:
         shadow = arms.challenger if self.config.experiment == "shadow" else None
         if shadow is not None:
             self._score(shadow, "shadow", items, False, list(range(len(items))), None, records)
-        latency_ms = (time.perf_counter() - started) * 1000
-        self._log(records, request_id, endpoint, latency_ms)
+        self._log(records, request_id, endpoint, (time.perf_counter() - started) * 1000)
         return answers
 
-    def _score(
-        self,
-        loaded: LoadedModel | None,
-        arm: str,
-        items: list[Prepared],
-        explain: bool,
-        positions: list[int],
-        answers: list[dict[str, object]] | None,
-        records: list[dict[str, object]],
-    ) -> None:
+    def _score(self, loaded: LoadedModel | None, arm: str, items: list[Prepared], explain: bool,
+               positions: list[int], answers: list[dict[str, object]] | None,
+               records: list[dict[str, object]]) -> None:
         """Predict a group with one model; fill the answers (unless shadow) and the log records."""
         assert loaded is not None
-        matrix = loaded.model.matrix([p.row for p in items])
-        probabilities = loaded.model.predict_matrix(matrix)
-        contributions = loaded.model.contributions_matrix(matrix) if explain else None
+        model = loaded.model
+        matrix = model.matrix([p.row for p in items])
+        outputs = model.predict_matrix(matrix)
+        contributions = model.contributions_matrix(matrix) if explain else None
         for j, (position, item) in enumerate(zip(positions, items, strict=True)):
-            probability = float(probabilities[j])
-            records.append(self._record(loaded, arm, item, position, probability))
+            fields = outcome(model, outputs[j], self.project.threshold)
+            missing = [*item.lookup.missing, *(f for f in self.direct if item.row.get(f) is None),
+                       *model.unseen(item.row)]
+            records.append(self._record(loaded, arm, item, position, fields, missing))
             if answers is None:
                 continue
-            answers[position] = self._answer(loaded, arm, item, probability)
+            answers[position] = {**fields, "model": {"name": loaded.name, "version": loaded.version}, "arm": arm,
+                                 "prediction_time": item.prediction_time.isoformat(),
+                                 "feature_freshness": item.lookup.freshness, "missing_features": missing}
             if contributions is not None:
-                answers[position]["explanation"] = explanation(
-                    contributions[j], loaded, item.row, self.config.explain_top_k
-                )
+                answers[position]["explanation"] = explain_one(model, contributions[j], item.row,
+                                                               self.config.explain_top_k, fields)
         self.metrics.predicted(arm, len(items))
 
-    def _answer(self, loaded: LoadedModel, arm: str, item: Prepared, probability: float) -> dict[str, object]:
-        return {
-            "probability": probability,
-            "decision": probability >= loaded.model.threshold,
-            "threshold": loaded.model.threshold,
-            "model": {"name": loaded.name, "version": loaded.version},
-            "arm": arm,
-            "prediction_time": item.prediction_time.isoformat(),
-            "feature_freshness": item.lookup.freshness,
-            "missing_features": item.lookup.missing,
-        }
+    def _record(self, loaded: LoadedModel, arm: str, item: Prepared, position: int,
+                fields: dict[str, object], missing: list[str]) -> dict[str, object]:
+        return {"instance": position, "status": 200, "arm": arm, "model_name": loaded.name,
+                "model_version": loaded.version, LOG_INPUTS: item.inputs,
+                LOG_FEATURES: {f: clean(_plain(item.row.get(f))) for f in loaded.model.features},
+                PREDICTION_TIME: item.prediction_time.isoformat(), **fields,
+                LOG_PREDICTION: logged_prediction(fields), "feature_freshness": item.lookup.freshness,
+                "missing_features": missing}
 
-    def _record(
-        self, loaded: LoadedModel, arm: str, item: Prepared, position: int, probability: float
-    ) -> dict[str, object]:
-        return {
-            "instance": position,
-            "status": 200,
-            "arm": arm,
-            "model_name": loaded.name,
-            "model_version": loaded.version,
-            "inputs": item.flight.model_dump(mode="json", exclude={"explain"}),
-            "features": {f: clean(item.row.get(f)) for f in loaded.model.features},
-            "prediction_time": item.prediction_time.isoformat(),
-            "probability": probability,
-            "decision": probability >= loaded.model.threshold,
-            "missing_features": item.lookup.missing,
-        }
-
-    def _log(
-        self, records: list[dict[str, object]], request_id: str, endpoint: str, latency_ms: float
-    ) -> None:
+    def _log(self, records: list[dict[str, object]], request_id: str, endpoint: str, latency_ms: float) -> None:
         now = datetime.now(UTC).isoformat()
         for record in records:
             record.update(request_id=request_id, timestamp=now, endpoint=endpoint, latency_ms=latency_ms)
             self.log.put(record)
 
-    def log_refusal(
-        self, request_id: str, endpoint: str, status: int, detail: object, started: float
-    ) -> None:
+    def log_refusal(self, request_id: str, endpoint: str, status: int, detail: object, started: float) -> None:
         """A refused or failed request is a log record too (status and reason, no inputs)."""
-        self.log.put(
-            {
-                "request_id": request_id,
-                "timestamp": datetime.now(UTC).isoformat(),
-                "endpoint": endpoint,
-                "status": status,
-                "arm": None,
-                "error": detail if isinstance(detail, str) else json.dumps(detail),
-                "latency_ms": (time.perf_counter() - started) * 1000,
-            }
-        )
+        self.log.put({"request_id": request_id, "timestamp": datetime.now(UTC).isoformat(), "endpoint": endpoint,
+                      "status": status, "arm": None,
+                      "error": detail if isinstance(detail, str) else json.dumps(detail),
+                      "latency_ms": (time.perf_counter() - started) * 1000})
+
+
+def _plain(value: object) -> object:
+    """numpy scalars (from view values) as Python numbers for the JSON log."""
+    return value.item() if isinstance(value, np.generic) else value

@@ -22,8 +22,16 @@ from mlops_assets.serving.metrics import Metrics
 log = logging.getLogger(__name__)
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 ENDPOINTS = frozenset({"/v1/predict", "/v1/predict/batch", "/health", "/ready", "/metrics"})
+EVENTS_PREFIX = "/v1/events/"
 INTERNAL_ERROR = "internal error; quote the request id when reporting it"
 Body = TypeVar("Body", bound=BaseModel)
+
+
+def endpoint_label(path: str) -> str:
+    """A bounded metrics label: the known routes, all event sources as one, the rest as 'other'."""
+    if path in ENDPOINTS:
+        return path
+    return "/v1/events" if path.startswith(EVENTS_PREFIX) else "other"
 
 
 def request_id_of(scope: Scope) -> str:
@@ -67,10 +75,7 @@ class ObserveMiddleware:
             if not responded:
                 await error_response(500, INTERNAL_ERROR, request_id)(scope, receive, observed)
         finally:
-            path = scope.get("path", "")
-            self.metrics.observe(
-                path if path in ENDPOINTS else "other", status, time.perf_counter() - started
-            )
+            self.metrics.observe(endpoint_label(scope.get("path", "")), status, time.perf_counter() - started)
 
 
 async def read_json_body(request: Request, limit: int) -> bytes:
@@ -116,3 +121,23 @@ def check_batch_size(body: bytes, limit: int) -> None:
             413,
             [{"field": "instances", "problem": f"{len(instances)} instances; at most {limit} per request"}],
         )
+
+
+def parse_events(body: bytes, limit: int) -> list[object]:
+    """`{"events": [...]}` -> the list (400 for invalid JSON, 413 over the limit, 422 for another shape)."""
+    try:
+        data = pydantic_core.from_json(body)
+    except ValueError:
+        raise ClientError(400, body_problem("body is not valid JSON")) from None
+    if not isinstance(data, dict):
+        raise ClientError(422, body_problem('must be a JSON object {"events": [...]}'))
+    unknown = [str(k)[:40] for k in data if k != "events"]
+    if unknown:
+        raise ClientError(422, [{"field": name, "problem": "unknown field"} for name in unknown[:20]])
+    events = data.get("events")
+    if not isinstance(events, list):
+        problem = "field required" if events is None else "must be a JSON array"
+        raise ClientError(422, [{"field": "events", "problem": problem}])
+    if len(events) > limit:
+        raise ClientError(413, [{"field": "events", "problem": f"{len(events)} events; at most {limit} per request"}])
+    return events

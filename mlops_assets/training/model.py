@@ -1,33 +1,31 @@
-"""The trained model as serving sees it: LightGBM booster plus the input contract.
+"""The trained model on the training side: the scoring contract plus pandas in, pandas out.
 
-Categorical levels are frozen at training time, so an unseen category at serving time is a
-missing value (LightGBM's documented handling), never a silent re-coding.
+`TabularModel` is a `ScoringModel` (what serving and batch scoring use, no training code) with
+the frame-based methods training and evaluation need. Categorical levels are frozen at training
+time, so an unseen category is a missing value (LightGBM's documented handling), never a silent
+re-coding. A multiclass model also freezes its class order: column j of its probabilities is
+`classes[j]`. The registry stores `ScoringPyfunc(model)`, a plain ScoringModel copy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from functools import cached_property
-from typing import TYPE_CHECKING
-
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+import polars as pl
 
-if TYPE_CHECKING:
-    import lightgbm as lgb
+from mlops_assets.scoring_model import ScoringModel
 
 
-@dataclass
-class TabularModel:
-    """A booster with the exact feature order, categorical levels, task kind and threshold."""
+class TabularModel(ScoringModel):
+    """A ScoringModel that scores pandas frames, the way the trainer built its LightGBM datasets."""
 
-    booster: lgb.Booster
-    features: list[str]
-    categorical_levels: dict[str, list[str]]
-    problem: str
-    threshold: float
+    @classmethod
+    def from_scoring(cls, model: ScoringModel) -> TabularModel:
+        """The training-side view of a loaded (registered) model."""
+        if isinstance(model, cls):
+            return model
+        return cls(model.booster, list(model.features), {k: list(v) for k, v in model.categorical_levels.items()},
+                   model.problem, model.classes, model.threshold)
 
     def frame(self, data: pd.DataFrame) -> pd.DataFrame:
         """Model inputs in training order and dtypes; missing columns are an error naming them."""
@@ -43,55 +41,52 @@ class TabularModel:
         return pd.DataFrame(out, index=data.index)
 
     def predict(self, data: pd.DataFrame) -> np.ndarray:
-        """Probability of the positive class (binary) or the predicted value (regression)."""
-        return self.booster.predict(self.frame(data), num_threads=1)
+        """Positive-class probability (binary), an (n, k) matrix in `classes` order (multiclass), or values."""
+        return np.asarray(self.booster.predict(self.frame(data), num_threads=1))
+
+    def decisions(self, scores: np.ndarray) -> np.ndarray:
+        """What a caller acts on: positive at the threshold, the most probable class, or the value."""
+        if self.problem == "binary":
+            return scores >= self.threshold
+        if self.problem == "multiclass":
+            return np.asarray(self.classes, dtype=object)[np.asarray(scores).argmax(axis=1)]
+        return scores
 
     def contributions(self, data: pd.DataFrame) -> np.ndarray:
-        """TreeSHAP contributions (n_rows x n_features + bias), in raw score units."""
-        return self.booster.predict(self.frame(data), pred_contrib=True, num_threads=1)
-
-    @cached_property
-    def level_codes(self) -> dict[str, dict[str, int]]:
-        """Category -> code per categorical: the index in the frozen levels, as pandas codes them."""
-        return {name: {level: code for code, level in enumerate(levels)}
-                for name, levels in self.categorical_levels.items()}
-
-    def matrix(self, rows: Sequence[Mapping[str, object]]) -> np.ndarray:
-        """Float64 inputs without pandas (the serving fast path), equal to what `frame` feeds LightGBM.
-
-        Categories become their code in the frozen levels (unseen -> NaN, like pandas' -1);
-        numbers become floats; an absent key or None is a missing value (NaN).
-        """
-        out = np.full((len(rows), len(self.features)), np.nan, dtype=np.float64)
-        plan = [(j, name, self.level_codes.get(name)) for j, name in enumerate(self.features)]
-        for i, row in enumerate(rows):
-            for j, name, codes in plan:
-                value = row.get(name)
-                if value is None:
-                    continue
-                if codes is None:
-                    out[i, j] = float(value)  # type: ignore[arg-type]
-                elif isinstance(value, str) and value in codes:
-                    out[i, j] = codes[value]
-        return out
-
-    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """`predict` on a matrix from `matrix` (single-threaded: one request, no pool start-up)."""
-        return self.booster.predict(matrix, num_threads=1)
-
-    def contributions_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """`contributions` on a matrix from `matrix`: TreeSHAP per feature plus the bias, in log-odds."""
-        return self.booster.predict(matrix, pred_contrib=True, num_threads=1)
+        """TreeSHAP (n, features + 1), multiclass (n, k * (features + 1)) class after class; raw score units."""
+        return np.asarray(self.booster.predict(self.frame(data), pred_contrib=True, num_threads=1))
 
 
-class PyfuncModel(mlflow.pyfunc.PythonModel):
-    """MLflow pyfunc wrapper: what the registry stores and serving loads."""
+def label_classes(problem: str, declared: list[str] | None, *labels: pl.Series) -> list[str] | None:
+    """The class order of a multiclass model: as declared, else the sorted observed classes.
 
-    def __init__(self, model: TabularModel) -> None:
-        self.model = model
+    A label outside the declared classes is an error naming it (it would otherwise be dropped).
+    """
+    if problem != "multiclass":
+        return None
+    seen = sorted({str(v) for series in labels for v in series.drop_nulls().to_list()})
+    if declared is None:
+        if len(seen) < 2:
+            raise ValueError(f"a multiclass label needs at least 2 classes, the data has {seen}")
+        return seen
+    unknown = sorted(set(seen) - set(declared))
+    if unknown:
+        raise ValueError(f"label classes {unknown} are not in the project's classes {declared}")
+    return list(declared)
 
-    def predict(self, context: object, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
-        return self.model.predict(model_input)
+
+def encode_labels(labels: pl.Series, problem: str, classes: list[str] | None) -> np.ndarray:
+    """Labels as LightGBM and the metrics take them: 0/1, class codes in `classes` order, or floats."""
+    if labels.null_count():
+        raise ValueError(f"label column {labels.name!r} has {labels.null_count()} missing values")
+    if problem != "multiclass":
+        return labels.cast(pl.Float64).to_numpy()
+    codes = {label: float(code) for code, label in enumerate(classes or [])}
+    text = labels.cast(pl.String)
+    unknown = sorted(set(text.unique().to_list()) - set(codes))
+    if unknown:
+        raise ValueError(f"label classes {unknown} are unknown to the model (classes {classes})")
+    return text.replace_strict(codes, return_dtype=pl.Float64).to_numpy()
 
 
 def categorical_levels(frame: pd.DataFrame, columns: list[str]) -> dict[str, list[str]]:

@@ -1,5 +1,6 @@
-"""LightGBM with early stopping on the validation months, tuned by optuna within a budget.
+"""LightGBM with early stopping on the validation periods, tuned by optuna within a budget.
 
+The objective and the early-stopping metric follow the project's problem and primary metric.
 No Dagster or MLflow here: each finished trial is handed to `on_trial`, which the asset uses to
 log a nested MLflow run.
 """
@@ -13,19 +14,24 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
-from mlops_assets.task import TaskConfig
-from mlops_assets.training.model import TabularModel, categorical_levels
+from mlops_assets.project.spec import Project
+from mlops_assets.training.model import TabularModel, categorical_levels, encode_labels, label_classes
 
 if TYPE_CHECKING:
+    import lightgbm as lgb
     import optuna
 
-LGB_METRICS: dict[str, tuple[str, str]] = {
-    "auc": ("auc", "maximize"),
-    "log_loss": ("binary_logloss", "minimize"),
-    "rmse": ("rmse", "minimize"),
-    "mae": ("l1", "minimize"),
+# (problem, primary metric) -> (LightGBM metric, optuna direction); `None` is the problem's default.
+LGB_METRICS: dict[tuple[str, str | None], tuple[str, str]] = {
+    ("binary", "auc"): ("auc", "maximize"),
+    ("binary", "pr_auc"): ("average_precision", "maximize"),
+    ("binary", None): ("binary_logloss", "minimize"),
+    ("multiclass", None): ("multi_logloss", "minimize"),
+    ("regression", "mae"): ("l1", "minimize"),
+    ("regression", "rmse"): ("rmse", "minimize"),
+    ("regression", None): ("l2", "minimize"),
 }
-OBJECTIVES = {"binary": "binary", "regression": "regression"}
+OBJECTIVES = {"binary": "binary", "multiclass": "multiclass", "regression": "regression"}
 DEFAULT_PARAMS = {"learning_rate": 0.05, "num_leaves": 63, "min_child_samples": 50,
                   "feature_fraction": 0.8, "bagging_fraction": 0.8, "lambda_l2": 1.0}
 
@@ -45,11 +51,18 @@ class TrainedCandidate:
     params: dict[str, float | int]
     best_iteration: int
     validation_score: float
+    validation_metric: str
     trials: list[TrialOutcome]
 
 
+def metric_spec(project: Project) -> tuple[str, str]:
+    """The LightGBM metric that early-stops and ranks trials, and whether higher is better."""
+    key = (project.problem, project.primary_metric)
+    return LGB_METRICS.get(key) or LGB_METRICS[(project.problem, None)]
+
+
 def model_categoricals(frame: pl.DataFrame, features: list[str], declared: list[str]) -> list[str]:
-    """Declared categoricals plus any text feature (e.g. plane type from a feature view)."""
+    """Declared categoricals plus any text feature (e.g. a type column from a feature view)."""
     return [f for f in features if f in declared or frame.schema[f] in (pl.String, pl.Categorical)]
 
 
@@ -64,28 +77,44 @@ def _search_space(trial: optuna.Trial) -> dict[str, float | int]:
     }
 
 
-def metric_spec(task: TaskConfig) -> tuple[str, str]:
-    if task.metric not in LGB_METRICS:
-        raise ValueError(f"task.metric {task.metric!r} is not one of {sorted(LGB_METRICS)}")
-    return LGB_METRICS[task.metric]
+def _template(train: pl.DataFrame, valid: pl.DataFrame, project: Project, features: list[str]) -> TabularModel:
+    """The model without its booster: features, frozen categorical levels and class order."""
+    missing = [f for f in [*features, project.label.name] if f not in train.columns]
+    if missing:
+        raise KeyError(f"training set lacks columns {missing}")
+    cats = model_categoricals(train, features, project.categorical)
+    label = project.label.name
+    classes = label_classes(project.problem, project.classes, train[label], valid[label])
+    levels = categorical_levels(train.select(cats).to_pandas(), cats)
+    return TabularModel(None, features, levels, project.problem, classes, project.threshold)
+
+
+def _datasets(template: TabularModel, train: pl.DataFrame, valid: pl.DataFrame,
+              label: str) -> tuple[lgb.Dataset, lgb.Dataset]:
+    import lightgbm as lgb
+
+    cats = list(template.categorical_levels)
+    y_train = encode_labels(train[label], template.problem, template.classes)
+    y_valid = encode_labels(valid[label], template.problem, template.classes)
+    d_train = lgb.Dataset(template.frame(train.to_pandas()), y_train, categorical_feature=cats, free_raw_data=False,
+                          params={"feature_pre_filter": False, "verbose": -1})
+    return d_train, lgb.Dataset(template.frame(valid.to_pandas()), y_valid, reference=d_train)
 
 
 def train_candidate(
-    train: pl.DataFrame, valid: pl.DataFrame, task: TaskConfig, features: list[str],
+    train: pl.DataFrame, valid: pl.DataFrame, project: Project, features: list[str],
     on_trial: Callable[[TrialOutcome], None] | None = None, seed: int = 7,
 ) -> TrainedCandidate:
-    """Tune within `task.tuning` (trials and seconds); the first trial is a sensible default."""
+    """Tune within `project.tuning` (trials and seconds); the first trial is a sensible default."""
     import lightgbm as lgb  # imported when training, not by every process that loads the definitions
     import optuna
 
-    lgb_metric, direction = metric_spec(task)
-    cats = model_categoricals(train, features, task.categorical)
-    template = TabularModel(None, features, categorical_levels(train.select(cats).to_pandas(), cats),  # type: ignore[arg-type]
-                            task.problem, task.threshold)
-    x_train, x_valid = template.frame(train.to_pandas()), template.frame(valid.to_pandas())
-    d_train = lgb.Dataset(x_train, train[task.label].to_numpy(), categorical_feature=cats, free_raw_data=False,
-                          params={"feature_pre_filter": False, "verbose": -1})
-    d_valid = lgb.Dataset(x_valid, valid[task.label].to_numpy(), reference=d_train)
+    lgb_metric, direction = metric_spec(project)
+    template = _template(train, valid, project, features)
+    d_train, d_valid = _datasets(template, train, valid, project.label.name)
+    fixed = {"objective": OBJECTIVES[project.problem], "metric": lgb_metric, "bagging_freq": 1, "verbose": -1,
+             "seed": seed, "num_threads": 0, "deterministic": True, "force_col_wise": True,
+             **({"num_class": len(template.classes)} if template.classes else {})}
     boosters: dict[int, lgb.Booster] = {}
     outcomes: list[TrialOutcome] = []
 
@@ -93,10 +122,8 @@ def train_candidate(
         started = time.perf_counter()
         params = _search_space(trial)
         booster = lgb.train(
-            {**params, "objective": OBJECTIVES[task.problem], "metric": lgb_metric, "bagging_freq": 1,
-             "verbose": -1, "seed": seed, "num_threads": 0, "deterministic": True, "force_col_wise": True},
-            d_train, num_boost_round=task.tuning.max_rounds, valid_sets=[d_valid], valid_names=["valid"],
-            callbacks=[lgb.early_stopping(task.tuning.early_stopping_rounds, verbose=False)],
+            {**params, **fixed}, d_train, num_boost_round=project.tuning.max_rounds, valid_sets=[d_valid],
+            valid_names=["valid"], callbacks=[lgb.early_stopping(project.tuning.early_stopping_rounds, verbose=False)],
         )
         boosters[trial.number] = booster
         score = float(booster.best_score["valid"][lgb_metric])
@@ -109,11 +136,11 @@ def train_candidate(
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed))
     study.enqueue_trial(DEFAULT_PARAMS)
-    study.optimize(objective, n_trials=task.tuning.n_trials, timeout=task.tuning.timeout_seconds)
+    study.optimize(objective, n_trials=project.tuning.n_trials, timeout=project.tuning.timeout_seconds)
     best = {o.number: o for o in outcomes}[study.best_trial.number]
     winner = boosters[best.number]
     template.booster = lgb.Booster(model_str=winner.model_to_string(num_iteration=winner.best_iteration))
-    return TrainedCandidate(template, best.params, best.best_iteration, best.score, outcomes)
+    return TrainedCandidate(template, best.params, best.best_iteration, best.score, lgb_metric, outcomes)
 
 
 def feature_importance(model: TabularModel) -> pl.DataFrame:

@@ -1,0 +1,694 @@
+"""Exact trailing-window aggregations of event histories, computed the same way offline and online.
+
+For a query with key k at time t an aggregation sees the events of k known in (t - window, t]: an
+event known exactly at t counts, one known exactly at t - window does not. Timestamps are compared
+as int64 epoch microseconds (UTC), so daylight-saving changes of local time cannot move a window.
+
+Both paths reduce every aggregation to the same per-event *channels*: polars evaluates the raw
+inputs and each distinct `where` once per frame (vectorised `pl.sql_expr`), numpy derives 0/1 flags
+(input non-null and `where` true), finite input values (NaN/+inf/-inf are counted in flags of their
+own, so one NaN cannot poison the prefix sums of every later window), min/max values with a
+neutral sentinel where the flag is off, and raw values for `last`. Per key, events are ordered by
+(known_at, input order offline / arrival order online), and:
+- count/sum/mean/share are differences of prefix sums at two searchsorted positions;
+- min/max come from a sparse table offline (two lookups per query) and a numpy scan online;
+- last is the last flagged position before the upper bound.
+
+Empty windows give count 0.0 and null for every other function (sum included: "no data" is not
+0). Sums are exact for integer-valued inputs below 2**53; other floats carry rounding of the order
+of machine epsilon times the running prefix sum, far below 1e-9 relative at realistic magnitudes.
+NaN propagates through sum, mean, min and max, as in numpy.
+
+Speed (`benchmarks/windows.py`, 2-core machine shared with other jobs, 330k flights-like events
+and queries, 4 views, 36 aggregations, windows 1h..28d): `aggregate_at` takes ~0.5 s for all views;
+a bare polars implementation (`rolling(closed="right")` over the union of events and query rows,
+grouped by the keys, one pass per window) takes ~1.2-1.7 s and gives identical values, so this
+engine is ~3x faster (sorting once and answering every window by searchsorted beats materialising
+rolling groups per window). `OnlineWindows.compute` takes ~16 µs p50 / ~45 µs p99 per view and key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from typing import Literal, NoReturn, get_args
+
+import numpy as np
+import polars as pl
+
+Function = Literal["count", "sum", "mean", "min", "max", "share", "last"]
+FUNCTIONS: tuple[str, ...] = get_args(Function)
+NUMERIC_FUNCTIONS = frozenset({"sum", "mean", "min", "max"})
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MICROSECOND = timedelta(microseconds=1)
+_T = "__known_at_us"
+_ID = "__event_id"
+_GROUP = "__group"
+
+
+@dataclass(frozen=True)
+class Aggregation:
+    """One windowed aggregate of a feature view, validated on creation so a typo fails at import."""
+
+    name: str
+    function: Function
+    column: str | None
+    window: timedelta
+    where: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.function not in FUNCTIONS:
+            self._fail(f"unknown function {self.function!r} (expected one of {', '.join(FUNCTIONS)})")
+        if self.column is None and self.function != "count":
+            self._fail(f"function {self.function!r} needs an input column")
+        if self.function == "share" and not self.where:
+            self._fail("function 'share' needs a where condition (the share of events satisfying it)")
+        if not isinstance(self.window, timedelta) or self.window <= timedelta(0):
+            self._fail(f"window must be a positive timedelta, got {self.window!r}")
+        if self.where is not None:
+            try:
+                pl.sql_expr(self.where)
+            except pl.exceptions.PolarsError as err:
+                self._fail(f"cannot parse where {self.where!r}: {str(err).splitlines()[0]}")
+
+    @property
+    def window_us(self) -> int:
+        return self.window // MICROSECOND
+
+    def _fail(self, reason: str) -> NoReturn:
+        raise ValueError(f"aggregation {self.name!r}: {reason}")
+
+
+@dataclass(frozen=True)
+class WindowResult:
+    """Online values of one view for one key and time, with what the caller needs to trust them."""
+
+    values: dict[str, object]
+    latest_known_at: datetime | None
+    complete: bool
+
+
+@dataclass(frozen=True)
+class _Compiled:
+    """An aggregation resolved to channel indices (-1 = unused) and its window's index."""
+
+    name: str
+    function: str
+    window: int
+    flag: int
+    value: int = -1
+    nonfinite: tuple[int, int, int] = (-1, -1, -1)
+    extreme: int = -1
+    last: int = -1
+
+
+Spec = tuple[str, str | None, str | None]  # (kind, column, where)
+
+
+@dataclass
+class _Plan:
+    """The inputs and channels a set of aggregations needs, shared by the offline and online paths."""
+
+    aggregations: tuple[Aggregation, ...]
+    float_columns: frozenset[str] | None = None  # None: any input may hold NaN/inf (online)
+    windows_us: list[int] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    wheres: list[str] = field(default_factory=list)
+    channels: list[Spec] = field(default_factory=list)
+    extremes: list[Spec] = field(default_factory=list)
+    lasts: list[str] = field(default_factory=list)
+    compiled: list[_Compiled] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.aggregations:
+            raise ValueError("at least one aggregation is needed")
+        names = [a.name for a in self.aggregations]
+        duplicated = sorted({n for n in names if names.count(n) > 1})
+        if duplicated:
+            raise ValueError(f"duplicated aggregation names: {', '.join(duplicated)}")
+        self.windows_us = sorted({a.window_us for a in self.aggregations})
+        self.columns = sorted({a.column for a in self.aggregations if a.column is not None})
+        self.wheres = sorted({a.where for a in self.aggregations if a.where is not None})
+        self.compiled = [self._compile(a) for a in self.aggregations]
+
+    @property
+    def max_window_us(self) -> int:
+        return self.windows_us[-1]
+
+    def input_name(self, column: str) -> str:
+        return f"__in{self.columns.index(column)}"
+
+    def where_name(self, where: str) -> str:
+        return f"__w{self.wheres.index(where)}"
+
+    def _index(self, specs: list, spec: object) -> int:
+        if spec not in specs:
+            specs.append(spec)
+        return specs.index(spec)
+
+    def _compile(self, a: Aggregation) -> _Compiled:
+        base = _Compiled(a.name, a.function, self.windows_us.index(a.window_us),
+                         self._index(self.channels, ("flag", a.column, a.where)))
+        if a.function == "share":
+            return replace(base, flag=self._index(self.channels, ("flag", a.column, None)), value=base.flag)
+        if a.function in ("min", "max"):
+            return replace(base, extreme=self._index(self.extremes, (a.function, a.column, a.where)))
+        if a.function == "last":
+            return replace(base, last=self._index(self.lasts, a.column))
+        if a.function in ("sum", "mean"):
+            base = replace(base, value=self._index(self.channels, ("finite", a.column, a.where)))
+            if self.float_columns is None or a.column in self.float_columns:
+                kinds = ("nan", "+inf", "-inf")
+                nonfinite = tuple(self._index(self.channels, (k, a.column, a.where)) for k in kinds)
+                base = replace(base, nonfinite=nonfinite)
+        return base
+
+    def empty_values(self) -> dict[str, object]:
+        return {c.name: (0.0 if c.function == "count" else None) for c in self.compiled}
+
+
+def _check_events(plan: _Plan, schema: pl.Schema, keys: Sequence[str], known_at: str, what: str) -> None:
+    """Fail early, with the aggregation's name, on columns the events do not have or cannot feed."""
+    missing = [c for c in (*keys, known_at) if c not in schema]
+    if missing:
+        raise ValueError(f"{what} lack the key/time columns: {', '.join(missing)}")
+    if not isinstance(schema[known_at], pl.Datetime | pl.Date):
+        raise ValueError(f"{what} column {known_at!r} must be a datetime, got {schema[known_at]}")
+    for a in plan.aggregations:
+        if a.column is not None and a.column not in schema:
+            a._fail(f"input column {a.column!r} is not in the {what}")
+        dtype = schema.get(a.column or "")
+        if a.function in NUMERIC_FUNCTIONS and not (dtype.is_numeric() or dtype == pl.Boolean):
+            a._fail(f"function {a.function!r} needs a numeric column, {a.column!r} is {dtype}")
+        if a.where is not None:
+            _check_where(a, a.where, schema, what)
+
+
+def _check_where(a: Aggregation, where: str, schema: pl.Schema, what: str) -> None:
+    expr = pl.sql_expr(where)
+    unknown = [c for c in expr.meta.root_names() if c not in schema]
+    if unknown:
+        a._fail(f"where {where!r} names column(s) not in the {what}: {', '.join(unknown)}")
+    try:
+        dtype = pl.LazyFrame(schema=schema).select(expr).collect_schema().dtypes()[0]
+    except pl.exceptions.PolarsError as err:
+        a._fail(f"where {where!r} cannot be evaluated: {str(err).splitlines()[0]}")
+    if dtype not in (pl.Boolean, pl.Null):
+        a._fail(f"where {where!r} must be a boolean condition, it gives {dtype}")
+
+
+def _input_exprs(plan: _Plan, keys: Sequence[str], known_at: str, extra: Sequence[pl.Expr] = ()) -> list[pl.Expr]:
+    """Keys, epoch-µs time, raw inputs and each distinct `where` once: all polars has to evaluate."""
+    return [
+        *(pl.col(k) for k in keys), pl.col(known_at).dt.epoch("us").alias(_T), *extra,
+        *(pl.col(c).alias(plan.input_name(c)) for c in plan.columns),
+        *(pl.sql_expr(w).fill_null(False).alias(plan.where_name(w)) for w in plan.wheres),
+    ]
+
+
+def _inputs(frame: pl.DataFrame, exprs: list[pl.Expr], keys: Sequence[str]) -> pl.DataFrame:
+    """The input expressions evaluated; rows with a null time or key can never count and are dropped."""
+    raw = frame.select(exprs)
+    if not any(raw.get_column(c).has_nulls() for c in (*keys, _T)):
+        return raw
+    return raw.drop_nulls([*keys, _T])
+
+
+class _Channels:
+    """Numpy channels of an inputs frame: (channels, n) flags/values and (extremes, n) min/max inputs."""
+
+    def __init__(self, plan: _Plan, raw: pl.DataFrame) -> None:
+        self.plan, self.raw = plan, raw
+        self._valid: dict[str | None, np.ndarray] = {None: np.ones(raw.height, dtype=bool)}
+        self._values: dict[str, np.ndarray] = {}
+        self._wheres = {w: raw.get_column(plan.where_name(w)).to_numpy() for w in plan.wheres}
+        self.t = raw.get_column(_T).to_numpy()
+        self.chan = np.empty((len(plan.channels), raw.height))
+        for i, spec in enumerate(plan.channels):
+            self.chan[i] = self._channel(spec)
+        self.ext = np.empty((len(plan.extremes), raw.height))
+        for i, (kind, column, where) in enumerate(plan.extremes):
+            sentinel = math.inf if kind == "min" else -math.inf
+            self.ext[i] = np.where(self._flag(column, where), self._value(column), sentinel)
+
+    def _value(self, column: str) -> np.ndarray:
+        if column not in self._values:
+            series = self.raw.get_column(self.plan.input_name(column)).cast(pl.Float64)
+            self._values[column] = series.to_numpy()
+        return self._values[column]
+
+    def _flag(self, column: str | None, where: str | None) -> np.ndarray:
+        if column not in self._valid:
+            series = self.raw.get_column(self.plan.input_name(column))
+            self._valid[column] = series.is_not_null().to_numpy() if series.has_nulls() else self._valid[None]
+        valid = self._valid[column]
+        return valid if where is None else valid & self._wheres[where]
+
+    def _channel(self, spec: Spec) -> np.ndarray:
+        kind, column, where = spec
+        flag = self._flag(column, where)
+        if kind == "flag":
+            return flag
+        value = self._value(column)
+        if kind == "finite":
+            return np.where(flag & np.isfinite(value), value, 0.0)
+        if kind == "nan":
+            return flag & np.isnan(value)
+        return flag & (value == (math.inf if kind == "+inf" else -math.inf))
+
+
+def _epoch_us(t: datetime) -> int:
+    """Exact integer microseconds since the epoch; a naive datetime is taken as UTC, like polars."""
+    return ((t if t.tzinfo is not None else t.replace(tzinfo=UTC)) - EPOCH) // MICROSECOND
+
+
+def _from_epoch_us(us: int) -> datetime:
+    return EPOCH + timedelta(microseconds=us)
+
+
+# ---------------------------------------------------------------------------------------- offline
+
+
+def aggregate_at(events: pl.DataFrame, keys: Sequence[str], known_at: str, aggregations: Sequence[Aggregation],
+                 queries: pl.DataFrame, query_time: str) -> pl.DataFrame:
+    """Return `queries` with one column per aggregation appended, same row count and order as `queries`.
+
+    Rows of `queries` with a null key or a null `query_time` get count 0.0 and nulls elsewhere.
+    """
+    keys = tuple(keys)
+    plan = _Plan(tuple(aggregations), frozenset(c for c, t in events.schema.items() if t.is_float()))
+    _check_events(plan, events.schema, keys, known_at, "events")
+    _check_queries(plan, queries.schema, keys, query_time)
+    channels = _Channels(plan, _inputs(events, _input_exprs(plan, keys, known_at), keys))
+    query_keys = queries.select(keys).cast({k: channels.raw.schema[k] for k in keys})
+    gid_events, gid_queries, n_groups = _group_ids(channels.raw.select(keys), query_keys)
+    t_queries = queries.get_column(query_time).dt.epoch("us")
+    ok = (gid_queries >= 0) & t_queries.is_not_null().to_numpy()
+    windows = _OfflineWindows(channels, (gid_events, n_groups), (gid_queries, t_queries.fill_null(0).to_numpy(), ok))
+    return queries.with_columns([windows.column(c) for c in plan.compiled])
+
+
+def _check_queries(plan: _Plan, schema: pl.Schema, keys: Sequence[str], query_time: str) -> None:
+    missing = [c for c in (*keys, query_time) if c not in schema]
+    if missing:
+        raise ValueError(f"queries lack the key/time columns: {', '.join(missing)}")
+    if not isinstance(schema[query_time], pl.Datetime | pl.Date):
+        raise ValueError(f"query time column {query_time!r} must be a datetime, got {schema[query_time]}")
+    clashes = [c.name for c in plan.compiled if c.name in schema]
+    if clashes:
+        raise ValueError(f"aggregation names already are query columns: {', '.join(clashes)}")
+
+
+def _group_ids(event_keys: pl.DataFrame, query_keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
+    """Dense group ids of the event keys; query keys absent from the events (or null) get -1."""
+    groups = event_keys.unique().with_row_index(_GROUP)
+    on = list(event_keys.columns)
+
+    def ids(frame: pl.DataFrame) -> np.ndarray:
+        joined = frame.join(groups, on=on, how="left", maintain_order="left")
+        return joined.get_column(_GROUP).cast(pl.Int64).fill_null(-1).to_numpy()
+
+    return ids(event_keys), ids(query_keys), groups.height
+
+
+Encoder = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def _encoder(t_events: np.ndarray, n_groups: int, t_queries: np.ndarray, max_window: int) -> Encoder:
+    """Map (group, time) to one int64 ordered like the pair; rank-compress times if it would overflow."""
+    base = min(int(t_events.min()), int(t_queries.min()) - max_window)
+    span = max(int(t_events.max()), int(t_queries.max())) - base + 1
+    if n_groups * span < 2**62:
+        return lambda g, t: g * span + (t - base)
+    distinct = np.unique(t_events)
+    width = len(distinct) + 1
+    return lambda g, t: g * width + np.searchsorted(distinct, t, side="right")
+
+
+def _group_time_order(gid: np.ndarray, t: np.ndarray, encode: Encoder) -> np.ndarray:
+    """Stable order by (group, time): time first (often sorted already), then a radix pass on groups."""
+    if len(gid) == 0 or gid.max() >= 2**16:
+        return np.argsort(encode(gid, t), kind="stable")
+    by_time = np.arange(len(t)) if bool((t[1:] >= t[:-1]).all()) else np.argsort(t, kind="stable")
+    return by_time[np.argsort(gid[by_time].astype(np.uint16), kind="stable")]
+
+
+class _OfflineWindows:
+    """Events and queries both sorted by (group, time), so every searchsorted and gather walks forward.
+
+    `bounds[0]` holds, per sorted query, the number of events at or before (its group, t); row 1 + w
+    the same at t - window w. `column` puts results back in query order.
+    """
+
+    def __init__(self, channels: _Channels, events: tuple[np.ndarray, int],
+                 queries: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        self.channels, self.plan = channels, channels.plan
+        (gid_e, n_groups), (gid_q, t_q, ok) = events, queries
+        self.n, valid = len(channels.t), np.flatnonzero(ok)
+        self._sums: dict[int, np.ndarray] = {}
+        self._hi: dict[int, np.ndarray] = {}
+        self._window_sums: dict[tuple[int, int], np.ndarray] = {}
+        self._tables: dict[int, np.ndarray] = {}
+        self.bounds = np.zeros((1 + len(self.plan.windows_us), len(ok)), dtype=np.int64)
+        self.order, self.unsort = np.arange(self.n), np.arange(len(ok))
+        if self.n and len(valid):
+            encode = _encoder(channels.t, n_groups, t_q[valid], self.plan.max_window_us)
+            self._search(encode, gid_e, gid_q[valid], t_q[valid], valid)
+
+    def _search(self, encode: Encoder, gid_e: np.ndarray, gid_q: np.ndarray, t_q: np.ndarray,
+                valid: np.ndarray) -> None:
+        t_e = self.channels.t
+        self.order = _group_time_order(gid_e, t_e, encode)
+        codes = encode(gid_e[self.order], t_e[self.order])
+        by_code = _group_time_order(gid_q, t_q, encode)
+        gid_q, t_q = gid_q[by_code], t_q[by_code]
+        for row, offset in enumerate([0, *self.plan.windows_us]):
+            self.bounds[row, :len(valid)] = np.searchsorted(codes, encode(gid_q, t_q - offset), side="right")
+        if len(valid) < len(self.unsort):
+            invalid = np.setdiff1d(np.arange(len(self.unsort)), valid, assume_unique=True)
+            by_code = np.concatenate([valid[by_code], invalid])
+        self.unsort[by_code] = np.arange(len(self.unsort))
+
+    def window_sum(self, channel: int, window: int) -> np.ndarray:
+        """Per sorted query, the sum of a channel over its window: two gathers from the prefix sums."""
+        if channel not in self._sums:
+            sums = np.zeros(self.n + 1)
+            np.cumsum(self.channels.chan[channel][self.order], out=sums[1:])
+            self._sums[channel], self._hi[channel] = sums, sums[self.bounds[0]]
+        if (channel, window) not in self._window_sums:
+            lows = self._sums[channel][self.bounds[1 + window]]
+            self._window_sums[channel, window] = np.subtract(self._hi[channel], lows, out=lows)
+        return self._window_sums[channel, window]
+
+    def column(self, c: _Compiled) -> pl.Series:
+        count = self.window_sum(c.flag, c.window)
+        if c.function == "count":
+            return pl.Series(c.name, count[self.unsort], dtype=pl.Float64)
+        ok = count > 0
+        if c.function == "last":
+            return self._last(c, ok)
+        if c.function in ("min", "max"):
+            values = self._range_extreme(c, ok)
+        else:
+            values = self.window_sum(c.value, c.window)
+            if c.nonfinite[0] >= 0:
+                values = self._with_nonfinite(values, c)
+            if c.function != "sum":
+                values = np.divide(values, count, out=np.zeros_like(values), where=ok)
+        return _masked(c.name, values[self.unsort], ok[self.unsort])
+
+    def _with_nonfinite(self, finite: np.ndarray, c: _Compiled) -> np.ndarray:
+        """IEEE sum semantics without NaN/inf in the prefix sums: NaN, +inf, -inf, inf - inf = NaN."""
+        if all(self.channels.chan[ch].sum() == 0 for ch in c.nonfinite):
+            return finite
+        nan, pos, neg = (self.window_sum(ch, c.window) > 0 for ch in c.nonfinite)
+        return np.select([nan | (pos & neg), pos, neg], [math.nan, math.inf, -math.inf], finite)
+
+    def _range_extreme(self, c: _Compiled, ok: np.ndarray) -> np.ndarray:
+        """Min/max over the window with a sparse table: level k holds the extreme of 2**k events."""
+        out = np.zeros(len(ok))
+        if not ok.any():
+            return out
+        op = np.minimum if c.function == "min" else np.maximum
+        lo, hi = self.bounds[1 + c.window][ok], self.bounds[0][ok]
+        level = np.frexp(hi - lo)[1].astype(np.int64) - 1
+        table, n = self._table(c.extreme, op, int(level.max())), self.n
+        out[ok] = op(table[level * n + lo], table[level * n + hi - (1 << level)])
+        return out
+
+    def _table(self, extreme: int, op: np.ufunc, levels: int) -> np.ndarray:
+        """Flattened (levels + 1) x n sparse table, grown on demand and cached per extreme channel."""
+        n, table = self.n, self._tables.get(extreme)
+        if table is not None and len(table) >= (levels + 1) * n:
+            return table
+        table = np.empty((levels + 1) * n)
+        table[:n] = self.channels.ext[extreme][self.order]
+        for k in range(1, levels + 1):
+            half, row, prev, valid = 1 << (k - 1), k * n, (k - 1) * n, n - (1 << k) + 1
+            op(table[prev:prev + valid], table[prev + half:prev + half + valid], out=table[row:row + valid])
+            table[row + valid:row + n] = table[prev + valid:prev + n]
+        self._tables[extreme] = table
+        return table
+
+    def _last(self, c: _Compiled, ok: np.ndarray) -> pl.Series:
+        """Latest flagged event before the upper bound; it is in the window iff the count is positive."""
+        flagged = np.where(self.channels.chan[c.flag][self.order] > 0, np.arange(self.n), -1)
+        latest = np.maximum.accumulate(flagged) if self.n else flagged
+        rows = np.zeros(len(ok), dtype=np.int64)
+        rows[ok] = self.order[latest[self.bounds[0][ok] - 1]]
+        rows, ok = rows[self.unsort], ok[self.unsort]
+        index = pl.Series(rows) if ok.all() else pl.Series(rows).set(pl.Series(~ok), None)
+        source = self.channels.raw.get_column(self.plan.input_name(self.plan.lasts[c.last]))
+        return source.gather(index).alias(c.name)
+
+
+def _masked(name: str, values: np.ndarray, ok: np.ndarray) -> pl.Series:
+    """A Float64 column with nulls where `ok` is false (NaN stays a value, never a null marker)."""
+    series = pl.Series(name, values, dtype=pl.Float64)
+    return series if ok.all() else series.set(pl.Series(~ok), None)
+
+
+# ----------------------------------------------------------------------------------------- online
+
+
+class _History:
+    """One key's events in (known_at, arrival) order, in growable buffers, with their prefix sums."""
+
+    __slots__ = ("n", "ts", "chan", "sums", "ext", "last", "clean")
+
+    def __init__(self, n_chan: int, n_ext: int, n_last: int, capacity: int = 16) -> None:
+        self.n, self.clean = 0, 0
+        self.ts = np.empty(capacity, dtype=np.int64)
+        self.chan = np.empty((n_chan, capacity))
+        self.sums = np.zeros((n_chan, capacity + 1))
+        self.ext = np.empty((n_ext, capacity))
+        self.last = np.empty((n_last, capacity), dtype=object)
+
+    def insert(self, ts: np.ndarray, chan: np.ndarray, ext: np.ndarray, last: np.ndarray) -> None:
+        """Add a batch sorted by time; an earlier event is merged in place after equal times."""
+        n, m = self.n, len(ts)
+        self._reserve(n + m)
+        p = int(self.ts[:n].searchsorted(ts[0], side="right")) if n else 0
+        if p == n:
+            self.ts[n:n + m], self.chan[:, n:n + m] = ts, chan
+            self.ext[:, n:n + m], self.last[:, n:n + m] = ext, last
+        else:
+            merged = np.concatenate([self.ts[p:n], ts])
+            order = np.argsort(merged, kind="stable")
+            self.ts[p:n + m] = merged[order]
+            for buffer, new in ((self.chan, chan), (self.ext, ext), (self.last, last)):
+                buffer[:, p:n + m] = np.concatenate([buffer[:, p:n], new], axis=1)[:, order]
+        self.n, self.clean = n + m, min(self.clean, p)
+
+    def _reserve(self, size: int) -> None:
+        capacity = len(self.ts)
+        if size <= capacity:
+            return
+        while capacity < size:
+            capacity *= 2
+        self.ts = _grown(self.ts, capacity)
+        self.chan, self.ext, self.last = (_grown(b, capacity) for b in (self.chan, self.ext, self.last))
+        self.sums = _grown(self.sums, capacity + 1)
+
+    def refresh(self) -> None:
+        """Extend the prefix sums over rows added or moved since the last refresh: O(new rows) for
+        in-order events, O(rows after the insertion point) for late ones."""
+        d, n = self.clean, self.n
+        if d < n:
+            np.cumsum(self.chan[:, d:n], axis=1, out=self.sums[:, d + 1:n + 1])
+            self.sums[:, d + 1:n + 1] += self.sums[:, d:d + 1]
+            self.clean = n
+
+    def drop_before(self, t_us: int) -> int:
+        """Forget events known before t_us (kept: known at or after it); returns how many went."""
+        p = int(self.ts[:self.n].searchsorted(t_us, side="left"))
+        if p:
+            keep, size = slice(p, self.n), self.n - p
+            self.ts[:size] = self.ts[keep].copy()
+            for buffer in (self.chan, self.ext, self.last):
+                buffer[:, :size] = buffer[:, keep].copy()
+            self.n, self.clean = size, 0
+            self.refresh()
+        return p
+
+
+def _grown(buffer: np.ndarray, capacity: int) -> np.ndarray:
+    out = np.zeros((*buffer.shape[:-1], capacity), dtype=buffer.dtype)
+    out[..., :buffer.shape[-1]] = buffer
+    return out
+
+
+Reader = Callable[[list[list[float]], _History, list[int]], object]
+
+
+class OnlineWindows:
+    """Per-view in-memory event history per key; computes the same values as aggregate_at for any t.
+
+    Channels are evaluated once per pushed batch; a read is one searchsorted for all window bounds,
+    one gather of the prefix sums of all channels and, for min/max, a numpy scan of the window.
+    Events with equal known_at are ordered by arrival, as `aggregate_at` orders them by input row.
+    Event ids are remembered for the object's lifetime (a replay after `trim` is still ignored).
+    Not thread-safe: serialise `push`, `trim` and `compute` on one object (e.g. a lock per view).
+    """
+
+    def __init__(self, keys: Sequence[str], known_at: str, aggregations: Sequence[Aggregation],
+                 event_id: str | None = None, horizon: datetime | None = None) -> None:
+        self._keys, self._known_at, self._event_id = tuple(keys), known_at, event_id
+        self._plan = _Plan(tuple(aggregations))
+        self._offsets = np.array([0, *self._plan.windows_us], dtype=np.int64)
+        self._readers = [(c.name, _reader(c)) for c in self._plan.compiled]
+        self._horizon_us = None if horizon is None else _epoch_us(horizon)
+        self._histories: dict[tuple, _History] = {}
+        self._seen: set[object] = set()
+        extra = [] if event_id is None else [pl.col(event_id).alias(_ID)]
+        self._exprs = _input_exprs(self._plan, self._keys, known_at, extra)
+        self._checked: tuple | None = None
+        self._empty = self._plan.empty_values()
+
+    @property
+    def horizon(self) -> datetime | None:
+        """The earliest time from which history is complete; None = complete since the beginning."""
+        return None if self._horizon_us is None else _from_epoch_us(self._horizon_us)
+
+    def __len__(self) -> int:
+        return sum(h.n for h in self._histories.values())
+
+    def push(self, events: pl.DataFrame) -> int:
+        """Add events; an event id already held is ignored. Returns the number of events stored.
+
+        Rows with a null key or known_at can never be counted and are not stored.
+        """
+        self._check(events)
+        raw = _inputs(events, self._exprs, self._keys)
+        if self._event_id is not None:
+            raw = self._new_only(raw)
+        if raw.height == 0:
+            return 0
+        ch, plan = _Channels(self._plan, raw), self._plan
+        last = np.empty((len(plan.lasts), raw.height), dtype=object)
+        for i, column in enumerate(plan.lasts):
+            last[i] = raw.get_column(plan.input_name(column)).to_list()
+        for key, rows in _rows_by_key(raw, self._keys, ch.t).items():
+            history = self._histories.get(key)
+            if history is None:
+                history = self._histories[key] = _History(len(plan.channels), len(plan.extremes), len(plan.lasts))
+            history.insert(ch.t[rows], ch.chan[:, rows], ch.ext[:, rows], last[:, rows])
+            history.refresh()
+        return raw.height
+
+    def _check(self, events: pl.DataFrame) -> None:
+        """Validate a frame's schema once; later frames with the same columns and dtypes skip it."""
+        signature = (tuple(events.columns), tuple(events.dtypes))
+        if signature == self._checked:
+            return
+        _check_events(self._plan, events.schema, self._keys, self._known_at, "pushed events")
+        if self._event_id is not None and self._event_id not in events.columns:
+            raise ValueError(f"pushed events lack the event id column {self._event_id!r}")
+        self._checked = signature
+
+    def _new_only(self, raw: pl.DataFrame) -> pl.DataFrame:
+        """Drop events whose id is held already (or repeated earlier in the same batch)."""
+        ids = raw.get_column(_ID)
+        if ids.null_count():
+            raise ValueError(f"event id column {self._event_id!r} has nulls; ids make pushes idempotent")
+        seen, keep = self._seen, []
+        for row, event_id in enumerate(ids.to_list()):
+            if event_id not in seen:
+                seen.add(event_id)
+                keep.append(row)
+        return raw if len(keep) == raw.height else raw[keep]
+
+    def trim(self, before: datetime) -> int:
+        """Forget events known before `before` and move the horizon there; returns how many went."""
+        t_us = _epoch_us(before)
+        dropped = sum(h.drop_before(t_us) for h in self._histories.values())
+        self._horizon_us = t_us if self._horizon_us is None else max(self._horizon_us, t_us)
+        return dropped
+
+    def compute(self, key: tuple, t: datetime) -> WindowResult:
+        """Values of every aggregation for key at time t, equal to aggregate_at on the same events."""
+        t_us = _epoch_us(t)
+        complete = self._horizon_us is None or t_us - self._plan.max_window_us >= self._horizon_us
+        history = self._histories.get(key if isinstance(key, tuple) else (key,))
+        if history is None or history.n == 0:
+            return WindowResult(dict(self._empty), None, complete)
+        history.refresh()
+        bounds = history.ts[:history.n].searchsorted(t_us - self._offsets, side="right")
+        hi = int(bounds[0])
+        if hi == 0:
+            return WindowResult(dict(self._empty), None, complete)
+        at = history.sums[:, bounds]
+        sums, lows = (at[:, :1] - at[:, 1:]).tolist(), bounds.tolist()
+        values = {name: read(sums, history, lows) for name, read in self._readers}
+        return WindowResult(values, _from_epoch_us(int(history.ts[hi - 1])), complete)
+
+    def compute_many(self, keys: list[tuple], times: list[datetime]) -> list[WindowResult]:
+        if len(keys) != len(times):
+            raise ValueError(f"compute_many got {len(keys)} keys but {len(times)} times")
+        return [self.compute(key, t) for key, t in zip(keys, times, strict=True)]
+
+
+def _rows_by_key(raw: pl.DataFrame, keys: Sequence[str], ts: np.ndarray) -> dict[tuple, np.ndarray]:
+    """Row indices of each key, in (time, input) order."""
+    tuples = list(zip(*(raw.get_column(k).to_list() for k in keys), strict=True))
+    if len(tuples) == 1:
+        return {tuples[0]: np.zeros(1, dtype=np.int64)}
+    groups: dict[tuple, list[int]] = {}
+    for row in np.argsort(ts, kind="stable").tolist():
+        groups.setdefault(tuples[row], []).append(row)
+    return {key: np.array(rows, dtype=np.int64) for key, rows in groups.items()}
+
+
+def _reader(c: _Compiled) -> Reader:
+    """The scalar twin of `_OfflineWindows.column` for one aggregation, from window sums and bounds."""
+    w, flag, value = c.window, c.flag, c.value
+    if c.function == "count":
+        return lambda sums, h, b: sums[flag][w]
+    if c.function == "share":
+        return lambda sums, h, b: sums[value][w] / sums[flag][w] if sums[flag][w] > 0 else None
+    if c.function in ("sum", "mean"):
+        return _sum_reader(c)
+    if c.function == "last":
+        return _last_reader(c)
+    extreme, lo = c.extreme, 1 + w
+    if c.function == "min":
+        return lambda sums, h, b: float(h.ext[extreme, b[lo]:b[0]].min()) if sums[flag][w] > 0 else None
+    return lambda sums, h, b: float(h.ext[extreme, b[lo]:b[0]].max()) if sums[flag][w] > 0 else None
+
+
+def _sum_reader(c: _Compiled) -> Reader:
+    w, flag, value, nonfinite, mean = c.window, c.flag, c.value, c.nonfinite, c.function == "mean"
+
+    def read(sums: list[list[float]], history: _History, bounds: list[int]) -> object:
+        count = sums[flag][w]
+        if count <= 0:
+            return None
+        total = sums[value][w]
+        if nonfinite[0] >= 0:
+            total = _ieee_total(total, *(sums[ch][w] > 0 for ch in nonfinite))
+        return total / count if mean else total
+
+    return read
+
+
+def _last_reader(c: _Compiled) -> Reader:
+    w, flag, last = c.window, c.flag, c.last
+
+    def read(sums: list[list[float]], history: _History, bounds: list[int]) -> object:
+        if sums[flag][w] <= 0:
+            return None
+        prefix = history.sums[flag, :history.n + 1]
+        return history.last[last, int(prefix.searchsorted(prefix[bounds[0]], side="left")) - 1]
+
+    return read
+
+
+def _ieee_total(finite: float, nan: bool, pos: bool, neg: bool) -> float:
+    """What a plain float sum gives once the non-finite inputs are put back."""
+    if nan or (pos and neg):
+        return math.nan
+    if pos:
+        return math.inf
+    return -math.inf if neg else finite

@@ -1,0 +1,125 @@
+"""The scoring interface of a trained model: what serving, batch scoring and probes need, no training code.
+
+A LightGBM booster plus its input contract (feature order, frozen categorical levels, problem,
+classes). Categories become their index in the frozen levels, exactly as pandas codes a
+`Categorical` with those categories, so a booster trained on a pandas frame scores a float
+matrix built here identically; an unseen category is a missing value (LightGBM's handling).
+
+The registry stores `ScoringPyfunc(model)`: it keeps a plain `ScoringModel` copy, so unpickling a
+registered model imports this module only, never the trainer's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+Problem = Literal["binary", "multiclass", "regression"]
+PROBLEMS = ("binary", "multiclass", "regression")
+
+
+@dataclass
+class ScoringModel:
+    """A booster with the exact feature order, categorical levels, problem and (multiclass) classes.
+
+    `classes[i]` is the class whose label code is i (multiclass: required; binary: optional names
+    of the negative and positive class). `threshold` is the trainer's; serving decides with the
+    project's threshold.
+    """
+
+    booster: Any
+    features: list[str]
+    categorical_levels: dict[str, list[str]]
+    problem: Problem
+    classes: list[str] | None = None
+    threshold: float = 0.5
+    _codes: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.problem not in PROBLEMS:
+            raise ValueError(f"problem must be one of {PROBLEMS}, not {self.problem!r}")
+        if self.problem == "multiclass" and (not self.classes or len(self.classes) < 2):
+            raise ValueError("a multiclass model needs `classes` (at least 2, in label-code order)")
+        unknown = sorted(set(self.categorical_levels) - set(self.features))
+        if unknown:
+            raise ValueError(f"categorical levels for columns that are not features: {unknown}")
+        self._codes = {n: {level: code for code, level in enumerate(levels)}
+                       for n, levels in self.categorical_levels.items()}
+
+    @classmethod
+    def adopt(cls, model: Any) -> ScoringModel:
+        """A plain ScoringModel from any object with the same attributes (e.g. the trainer's subclass)."""
+        if type(model) is cls:
+            return model
+        return cls(model.booster, list(model.features), {k: list(v) for k, v in model.categorical_levels.items()},
+                   model.problem, getattr(model, "classes", None), float(getattr(model, "threshold", 0.5)))
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state.pop("_codes", None)
+        return state
+
+    def __setstate__(self, state: dict[str, object]) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.classes) if self.problem == "multiclass" and self.classes else 1
+
+    def unseen(self, row: Mapping[str, object]) -> list[str]:
+        """Categorical inputs of a row whose value the model never saw (they score as missing)."""
+        return [n for n, codes in self._codes.items() if row.get(n) is not None and row.get(n) not in codes]
+
+    def matrix(self, rows: Sequence[Mapping[str, object]]) -> np.ndarray:
+        """Float64 inputs in feature order: categories as level codes (unseen -> NaN), numbers as floats,
+        an absent key or None as a missing value (NaN)."""
+        out = np.full((len(rows), len(self.features)), np.nan, dtype=np.float64)
+        plan = [(j, name, self._codes.get(name)) for j, name in enumerate(self.features)]
+        for i, row in enumerate(rows):
+            for j, name, codes in plan:
+                value = row.get(name)
+                if value is None:
+                    continue
+                if codes is None:
+                    out[i, j] = float(value)  # type: ignore[arg-type]
+                elif isinstance(value, str) and value in codes:
+                    out[i, j] = codes[value]
+        return out
+
+    def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """Binary: P(positive) (n,); multiclass: class probabilities (n, classes); regression: values (n,)."""
+        return np.asarray(self.booster.predict(matrix, num_threads=1))
+
+    def contributions_matrix(self, matrix: np.ndarray) -> np.ndarray:
+        """TreeSHAP per feature plus the bias, in raw-score units: (n, features + 1), or for multiclass
+        (n, classes, features + 1) (LightGBM concatenates the classes)."""
+        raw = np.asarray(self.booster.predict(matrix, pred_contrib=True, num_threads=1))
+        if self.problem == "multiclass":
+            return raw.reshape(len(matrix), self.n_classes, len(self.features) + 1)
+        return raw
+
+
+class ScoringPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow pyfunc wrapper: what the registry stores and serving loads (`.model` is a ScoringModel)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = ScoringModel.adopt(model)
+
+    def predict(self, context: object, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
+        """A pandas frame of client inputs (text categories, numbers) -> `predict_matrix` of it."""
+        rows = [{k: _present(v) for k, v in r.items()} for r in model_input.to_dict("records")]
+        return self.model.predict_matrix(self.model.matrix(rows))
+
+
+def _present(value: object) -> object:
+    """None for pandas' missing markers (None, NaN, NA, NaT), the value otherwise."""
+    try:
+        return None if value is None or bool(value != value) else value
+    except TypeError:
+        return None
