@@ -2,7 +2,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-export MLOPS_STATE_DIR ?= $(CURDIR)/.mlops_state
+# The project to run: a name under projects/ or a path to a project folder (MLOPS_PROJECT=weather make run).
+export MLOPS_PROJECT ?= flights
+export MLOPS_STATE_DIR ?= $(CURDIR)/.mlops_state/$(notdir $(patsubst %/,%,$(patsubst %/project.yaml,%,$(MLOPS_PROJECT))))
 export DAGSTER_HOME ?= $(MLOPS_STATE_DIR)/dagster_home
 export MLOPS_DAGSTER_POSTGRES_URL ?= $(subst postgresql://,postgresql+psycopg2://,$(MLOPS_POSTGRES_URL))/mlops_dagster
 

@@ -1,13 +1,18 @@
 """Benchmark of the main pipeline: full-year ingestion, then continuous_training_job twice.
 
-Runs on a throwaway platform (temporary state folder, SQLite MLflow store and artifact root,
-temporary DAGSTER_HOME) with the default flights task, exactly as `mlops-assets run` drives it:
-`ingestion_job` over the 2013-01..2013-12 partition range, then `continuous_training_job`. The
-second training run finds the first run's champion and scores it too. Each job runs in a fresh
-process (this script with a hidden `--stage`) so its peak RSS is its own; per-step durations come
-from the Dagster event log (STEP_START -> STEP_SUCCESS/STEP_FAILURE).
+Runs on a throwaway platform (temporary MLOPS_STATE_DIR holding the lake, online store, SQLite MLflow
+store and artifact root; temporary DAGSTER_HOME; embedded profile) with the flights project
+(`projects/flights/project.yaml`), exactly as `mlops-assets run` drives it: the definitions of
+`build_definitions(project file)` with their default resources, `ingestion_job` as one range run over
+the periods the embedded history covers (`cli.default_periods`: 2013-01..2013-12), then
+`continuous_training_job`. The second training run finds the first run's champion and scores it too.
+Each job runs in a fresh process (this script with a hidden `--stage`) so its peak RSS is its own;
+per-step durations come from the Dagster event log (STEP_START -> STEP_SUCCESS/STEP_FAILURE).
 
     .venv/bin/python benchmarks/continuous_training.py [--keep]
+
+`--keep` leaves the platform in place: its state folder then serves `benchmarks/serving.py`
+(`MLOPS_STATE_DIR=<folder>/state`).
 
 Prints a table and writes `benchmarks/results/continuous_training.json`.
 """
@@ -37,10 +42,9 @@ if TYPE_CHECKING:
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = PROJECT_ROOT / "benchmarks" / "results" / "continuous_training.json"
-TASK_FILE = PROJECT_ROOT / "mlops_assets" / "tasks" / "flights.yaml"
-RANGE_TAGS = {"dagster/asset_partition_range_start": "2013-01-01",
-              "dagster/asset_partition_range_end": "2013-12-01"}
-JOBS = {"ingest": ("ingestion_job", RANGE_TAGS), "train": ("continuous_training_job", {})}
+PROJECT_FILE = PROJECT_ROOT / "projects" / "flights" / "project.yaml"
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+JOBS = {"ingest": "ingestion_job", "train": "continuous_training_job"}
 OVERHEAD_GOAL = 1.25
 MAIN_JOB_GOAL_S = 180.0
 QUIET_CPU_PERCENT = 10.0
@@ -186,58 +190,83 @@ def run_outcomes(result: dg.ExecuteInProcessResult) -> dict[str, Any]:
     return {"checks": checks, "assets": assets}
 
 
-def load_platform(root: Path) -> tuple[Any, Any, float]:
-    """Import the package and build the throwaway platform; the import time is part of the figure."""
+def load_platform() -> tuple[dg.Definitions, dg.DagsterInstance, float]:
+    """Import the package and build the definitions as the CLI does; the import time is part of the figure.
+
+    The child's environment points the default resources (state folder, MLflow store, Dagster home)
+    at the throwaway platform, so nothing here names a path.
+    """
     started = time.perf_counter()
     import dagster as dg
 
     from mlops_assets.cli import ensure_dagster_home
-    from mlops_assets_tests.pipeline_env import PipelineEnv
+    from mlops_assets.definitions import build_definitions
 
     ensure_dagster_home()
-    env = PipelineEnv(root, TASK_FILE, dg.DagsterInstance.get())
-    return env, env.defs(), time.perf_counter() - started
+    defs = build_definitions(PROJECT_FILE)
+    return defs, dg.DagsterInstance.get(), time.perf_counter() - started
 
 
-def run_stage(stage: str, root: Path) -> None:
+def range_tags() -> dict[str, str]:
+    """The partition range `mlops-assets run` ingests by default: every period of the embedded history."""
+    from mlops_assets.cli import default_periods
+    from mlops_assets.partitions import period_key
+    from mlops_assets.project.loading import load_project
+
+    project = load_project(PROJECT_FILE)
+    first, _, last = default_periods(project).partition("..")
+    granularity = project.spec.granularity
+    return {RANGE_START: period_key(first, granularity), RANGE_END: period_key(last or first, granularity)}
+
+
+def run_stage(stage: str) -> None:
     """Child side: run one job on the platform and print its figures as one JSON line."""
-    env, defs, import_s = load_platform(root)
-    from mlops_assets.settings import executor_name
+    defs, instance, import_s = load_platform()
+    from mlops_assets.settings import executor_name, state_dir
 
-    job_name, tags = JOBS[stage]
+    job_name = JOBS[stage]
+    tags = range_tags() if stage == "ingest" else {}
     job = defs.resolve_job_def(job_name)
     with Monitor() as monitor:
         started = time.perf_counter()
-        result = job.execute_in_process(instance=env.instance, tags=tags, raise_on_error=False)
+        result = job.execute_in_process(instance=instance, tags=tags, raise_on_error=False)
         wall = time.perf_counter() - started
     process_wall = time.time() - psutil.Process().create_time()
     figures = {
-        "job": job_name, "run_id": result.run_id, "success": result.success, "job_wall_s": wall,
+        "job": job_name, "tags": tags, "run_id": result.run_id, "success": result.success, "job_wall_s": wall,
         "import_and_setup_s": import_s, "executor": executor_name(), "process_wall_s": process_wall,
-        "steps": step_durations(env.instance, result.run_id), **run_outcomes(result), **monitor.figures(),
-        "trials": tuning_trials(env) if stage == "train" and result.success else [],
+        "state_dir": str(state_dir()), "steps": step_durations(instance, result.run_id),
+        **run_outcomes(result), **monitor.figures(),
+        "trials": tuning_trials(defs) if stage == "train" and result.success else [],
     }
     print(json.dumps(figures))
 
 
-def tuning_trials(env: Any) -> list[dict[str, Any]]:
+def tuning_trials(defs: dg.Definitions) -> list[dict[str, Any]]:
     """This run's optuna trials (nested MLflow runs of the candidate): how the tuning budget was spent."""
     from mlops_assets.lake import read_record
 
-    run_id = read_record(env.resources["lake"].get(), "candidate_model")["run_id"]
-    client = env.resources["mlflow_tracking"].client()
+    candidate = read_record(defs.resources["lake"].get(), "candidate_model")
+    run_id, metric = candidate["run_id"], f"valid_{candidate['validation_metric']}"
+    client = defs.resources["mlflow_tracking"].client()
     experiment = client.get_run(run_id).info.experiment_id
     nested = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{run_id}'")
-    trials = [{"trial": r.info.run_name, "seconds": r.data.metrics.get("seconds"),
-               "valid_auc": r.data.metrics.get("valid_auc"),
+    trials = [{"trial": r.info.run_name, "seconds": r.data.metrics.get("seconds"), "metric": metric,
+               "valid_score": r.data.metrics.get(metric),
                "best_iteration": r.data.metrics.get("best_iteration")} for r in nested]
     return sorted(trials, key=lambda t: int(t["trial"].rsplit("-", 1)[-1]))
 
 
+# Variables that would point the throwaway platform at another store, project or profile.
+INHERITED_AWAY = ("MLOPS_TASK", "MLOPS_PROJECT", "MLOPS_PROFILE", "MLOPS_MLFLOW_TRACKING_URI",
+                  "MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 def child_env(root: Path) -> dict[str, str]:
-    """Point every default (state folder, Dagster home) at the temporary platform, never the project's."""
-    env = {k: v for k, v in os.environ.items() if k != "MLOPS_TASK"}
-    return env | {"MLOPS_STATE_DIR": str(root / "state"), "DAGSTER_HOME": str(root / "dagster_home")}
+    """Point every default (project, state folder, MLflow store, Dagster home) at the temporary platform."""
+    env = {k: v for k, v in os.environ.items() if k not in INHERITED_AWAY}
+    return env | {"MLOPS_PROJECT": str(PROJECT_FILE), "MLOPS_PROFILE": "embedded",
+                  "MLOPS_STATE_DIR": str(root / "state"), "DAGSTER_HOME": str(root / "dagster_home")}
 
 
 def wait_for_quiet(limit_s: float) -> float:
@@ -256,7 +285,7 @@ def wait_for_quiet(limit_s: float) -> float:
 def spawn_stage(stage: str, root: Path) -> dict[str, Any]:
     """Parent side: a fresh interpreter per job, so peak RSS is the job's own."""
     waited = wait_for_quiet(QUIET_WAIT_LIMIT_S)
-    command = [sys.executable, str(Path(__file__).resolve()), "--stage", stage, "--root", str(root)]
+    command = [sys.executable, str(Path(__file__).resolve()), "--stage", stage]
     done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT,
                           env=child_env(root), check=False)
     if done.returncode != 0:
@@ -274,10 +303,14 @@ def summarize(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def tuning_budget() -> dict[str, Any]:
-    """The default task's tuning block, read from the YAML file the job used."""
-    import yaml
+    """The project's tuning block, as the loader reads it from the project file the jobs used."""
+    from mlops_assets.project.loading import load_project
 
-    return yaml.safe_load(TASK_FILE.read_text())["tuning"]
+    return load_project(PROJECT_FILE).spec.tuning.model_dump()
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
 
 
 def main_job_estimate(ingest: dict[str, Any], training: dict[str, Any]) -> dict[str, Any]:
@@ -293,7 +326,8 @@ def main_job_estimate(ingest: dict[str, Any], training: dict[str, Any]) -> dict[
 def metadata() -> dict[str, Any]:
     return {"measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "task_file": str(TASK_FILE), "tuning": tuning_budget(),
+            "project_file": str(PROJECT_FILE.relative_to(PROJECT_ROOT)), "tuning": tuning_budget(),
+            "load_average_before": load_average(),
             "executor_env": os.environ.get("MLOPS_EXECUTOR", "(unset: in_process)"),
             "peak_rss_method": "resource.getrusage(RUSAGE_SELF).ru_maxrss at the end of a fresh child "
                                "process per job; plus psutil sampling (0.25 s) of it and its children",
@@ -330,12 +364,12 @@ def print_steps(label: str, run: dict[str, Any], summary: dict[str, Any]) -> Non
 def print_outcomes(run: dict[str, Any], tuning: dict[str, Any]) -> None:
     checks = ", ".join(f"{k}={'pass' if v else 'FAIL'}" for k, v in run["checks"].items())
     print(f"   checks: {checks}")
-    trials = "; ".join(f"{t['trial']} {t['seconds']:.1f} s AUC {t['valid_auc']:.4f} "
+    trials = "; ".join(f"{t['trial']} {t['seconds']:.1f} s {t['metric']} {t['valid_score']:.4f} "
                        f"({t['best_iteration']:.0f} it)" for t in run["trials"])
     spent = sum(t["seconds"] for t in run["trials"])
     print(f"   optuna: {len(run['trials'])} of {tuning['n_trials']} trials in {spent:.1f} s against a "
           f"{tuning['timeout_seconds']} s budget (optuna checks the timeout between trials only)")
-    print(f"   trials (validation AUC): {trials}")
+    print(f"   trials (validation score): {trials}")
     for asset, figures in run["assets"].items():
         shown = ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items())
         print(f"   {asset}: {shown}")
@@ -356,14 +390,17 @@ def contention_note(stages: dict[str, dict[str, Any]]) -> str | None:
 def print_report(meta: dict[str, Any], stages: dict[str, dict[str, Any]],
                  estimate: dict[str, dict[str, Any]]) -> None:
     tuning = meta["tuning"]
-    print(f"Continuous-training benchmark: full year 2013, default flights task, Python {meta['python']}, "
-          f"{meta['cpus']} CPUs")
-    print(f"Tuning budget (flights.yaml): {tuning['n_trials']} optuna trials or "
+    ingest = stages["ingest"]["tags"]
+    print(f"Continuous-training benchmark: flights project ({meta['project_file']}), periods "
+          f"{ingest.get(RANGE_START)}..{ingest.get(RANGE_END)}, Python {meta['python']}, {meta['cpus']} CPUs")
+    print(f"Load average (1, 5, 15 min): before {meta['load_average_before']}, "
+          f"after {meta['load_average_after']}")
+    print(f"Tuning budget (project.yaml): {tuning['n_trials']} optuna trials or "
           f"{tuning['timeout_seconds']} s, max {tuning['max_rounds']} rounds, early stopping "
           f"{tuning['early_stopping_rounds']}")
     print(f"Executor: {stages['train_1']['executor']} (MLOPS_EXECUTOR {meta['executor_env']}; "
           "in_process is the default)")
-    labels = {"ingest": "Ingestion (12 months, one range run)",
+    labels = {"ingest": "Ingestion (every period of the embedded history, one range run)",
               "train_1": "Continuous training, run 1 (no champion)",
               "train_2": "Continuous training, run 2 (champion exists, scored too)"}
     for name, label in labels.items():
@@ -389,8 +426,9 @@ def report(keep: bool) -> None:
         stages = {"ingest": spawn_stage("ingest", root), "train_1": spawn_stage("train", root),
                   "train_2": spawn_stage("train", root)}
     finally:
+        meta["load_average_after"] = load_average()
         if keep:
-            print(f"kept the platform in {root}")
+            print(f"kept the platform in {root}; serve it with MLOPS_STATE_DIR={root / 'state'}")
         else:
             shutil.rmtree(root, ignore_errors=True)
     for figures in stages.values():
@@ -407,10 +445,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true", help="keep the temporary platform folder")
     parser.add_argument("--stage", choices=sorted(JOBS), help=argparse.SUPPRESS)
-    parser.add_argument("--root", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.stage:
-        run_stage(args.stage, args.root)
+        run_stage(args.stage)
     else:
         report(args.keep)
 

@@ -1,12 +1,19 @@
-"""Benchmark of the feature repository on the full 2013 year (336,776 flights).
+"""Benchmark of the feature repository on the full 2013 flights year, every view of the flights project.
 
-Measures the full-year feature build, the point-in-time training set, the PIT join against a bare
-polars `join_asof`, peak memory of each stage and single-key online-store read latency. Each stage
-runs in a fresh process (this script with a hidden `--stage`) so its peak RSS is its own.
+1. Training set: `prepare_all` + `view_events` + `build_training_set` (exact windows, ~327k rows),
+   best and median of `--repeats` runs, each stage timed on its own too.
+2. The windowed aggregations of the training set (`aggregate_at` per windowed view, as
+   `offline_features` chains them) against a bare polars reference of the same windows: `rolling`
+   with `closed="right"` over the union of events and query rows, grouped by the keys, one pass per
+   window; both must give the same values (1e-9 relative, null == null).
+3. Online: every view's events pushed into an `OnlineWindows` per windowed view (batches of 1,000,
+   then single rows), and requests answered with `OnlineWindows.compute` for every windowed view of
+   the request, checked against the training set.
+4. Peak RSS of the process.
 
-    .venv/bin/python benchmarks/feature_repository.py [--repeats N]
+    .venv/bin/python benchmarks/feature_repository.py [--repeats 3] [--requests 2000] [--json PATH]
 
-Prints a table and writes `benchmarks/results/feature_repository.json`.
+Prints the figures and a closing block of `goal ...: met/not met` lines.
 """
 
 from __future__ import annotations
@@ -14,398 +21,362 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
-import os
-import platform
-import random
-import resource
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
+from _common import (
+    flights_project,
+    load_average,
+    machine_line,
+    peak_rss_mb,
+    percentile,
+    print_goals,
+    raw_sources,
+    same_value,
+    timed,
+    view_event_frames,
+)
 
-if TYPE_CHECKING:
-    from mlops_assets.features.views import FeatureView
-    from mlops_assets.task import TaskConfig
+from mlops_assets.contract import PREDICTION_TIME
+from mlops_assets.features.event_codec import event_id_expr, view_dtypes
+from mlops_assets.features.online_store import EVENT_ID
+from mlops_assets.features.repository import is_static, view_aggregations, view_keys
+from mlops_assets.features.sources import prepare_all
+from mlops_assets.features.windows import Aggregation, OnlineWindows, aggregate_at
+from mlops_assets.project.loading import LoadedProject
+from mlops_assets.project.spec import Project
+from mlops_assets.training.training_set import build_training_set, examples_frame
 
-    from mlops_assets.features.online_store import OnlineStore
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-# Same folder as mlops_assets.settings.DATA_DIR; importing that module would import the whole
-# package (its __init__ loads the Dagster definitions) and spoil the polars-only RSS baseline.
-DATA_DIR = PROJECT_ROOT / "data"
-RESULTS_PATH = PROJECT_ROOT / "benchmarks" / "results" / "feature_repository.json"
-TASK_FILE = "flights.yaml"
 SEED = 2013
-N_READS = 10_000
-N_REQUESTS = 2_000
-
-PIT_RATIO_GOAL = 1.5
-FEAST_SPEEDUP_GOAL = 10.0
-READ_P99_GOAL_US = 1_000.0
-# Feast 0.67 figures quoted from the issue (measured on this kind of machine, not by this script).
-FEAST_REFERENCE: dict[str, Any] = {
-    "source": "quoted from the issue; not measured by this script",
-    "feast_version": "0.67",
-    "duckdb_offline_store": {"rows": 336_776, "seconds": 3.0, "peak_mb": 950,
-                             "join": "weather + plane views onto all flights"},
-    "file_offline_store": {"rows": 5_000, "seconds": 100.0, "peak_gb": 20},
-}
-
-Stage = Callable[[int], dict[str, Any]]
+BATCH = 1_000
+SINGLE_ROWS = 2_000
+TRAINING_SET_GOAL_S = 1.0
+POLARS_RATIO_GOAL = 1.5
+ONLINE_P99_GOAL_US = 1_000.0
+PUSH_GOAL_PER_S = 20_000.0
+Engine = Callable[..., pl.DataFrame]
 
 
-def load_sources() -> dict[str, pl.DataFrame]:
-    """The three raw tables, read the way the lake reads committed sample data."""
-    return {name: pl.read_parquet(DATA_DIR / f"{name}.parquet") for name in ("flights", "weather", "planes")}
+def windowed_views(project: Project) -> list[str]:
+    return [v for v in project.used_views if not is_static(project, v)]
 
 
-def flights_task() -> TaskConfig:
-    """The flights task file itself, whatever MLOPS_TASK says: the views below are its views."""
-    from mlops_assets.task import load_task
-
-    from mlops_assets.settings import TASKS_DIR
-
-    return load_task(TASKS_DIR / TASK_FILE)
+# ------------------------------------------------------------------------------------ training set
 
 
-def build_views(sources: dict[str, pl.DataFrame], lead: timedelta) -> tuple[pl.DataFrame, dict[str, pl.DataFrame]]:
-    """Flight events and all six feature views, computed as mlops_assets/features/assets.py does."""
-    from mlops_assets.features import transforms as tf
+def training_set_stages(project: LoadedProject, raw: dict[str, pl.DataFrame], repeats: int) -> dict[str, Any]:
+    """Each stage alone (on the previous stage's output) and the three together, best/median of `repeats`."""
+    spec = project.spec
+    prepare = timed(lambda: prepare_all(project, raw), repeats)
+    events = timed(lambda: view_event_frames(spec, prepare.result), repeats)
+    training = timed(lambda: build_training_set(project, prepare.result, events.result), repeats)
 
-    events = tf.flight_events(sources["flights"], lead)
-    frames = {
-        "weather_features": tf.weather_features(sources["weather"]),
-        "plane_features": tf.plane_features(sources["planes"]),
-        **tf.delay_views(events),
-    }
-    return events, frames
+    def whole() -> pl.DataFrame:
+        prepared = prepare_all(project, raw)
+        return build_training_set(project, prepared, view_event_frames(spec, prepared))
 
-
-def view_pairs(names: list[str], frames: dict[str, pl.DataFrame]) -> list[tuple[FeatureView, pl.DataFrame]]:
-    from mlops_assets.features.views import FEATURE_VIEWS
-
-    return [(FEATURE_VIEWS[name], frames[name]) for name in names]
+    total = timed(whole, repeats)
+    assert total.result.equals(training.result)
+    return {"prepare_all": prepare, "view_events": events, "build_training_set": training, "total": total}
 
 
-def timed(fn: Callable[[], Any], repeats: int) -> tuple[dict[str, Any], Any]:
-    """Best and median wall time of `repeats` runs, plus the last result for the next stage.
+# ---------------------------------------------------------------------------------- polars reference
 
-    A full collection before each run keeps one run's garbage from being billed to the next.
+
+def polars_reference(events: pl.DataFrame, keys: Sequence[str], known_at: str,
+                     aggregations: Sequence[Aggregation], queries: pl.DataFrame, query_time: str) -> pl.DataFrame:
+    """The same values with bare polars: `rolling(closed="right")` over events + query rows per window.
+
+    Each aggregation gets a column that is null outside the events it counts (query rows included),
+    so plain `sum/mean/min/max/last` aggregations, which polars runs with rolling kernels, apply.
+    Results are joined back by (keys, position within the key): `rolling(group_by=...)` keeps the
+    order within a group but not the order of the groups (seen with the ~4,000 tail numbers).
     """
-    seconds, result = [], None
-    for _ in range(repeats):
-        result = None
-        gc.collect()
-        start = time.perf_counter()
-        result = fn()
-        seconds.append(time.perf_counter() - start)
-    return {"best_s": min(seconds), "median_s": statistics.median(seconds), "runs_s": seconds}, result
+    ev = events.select(*keys, pl.col(known_at).alias("__t"), *(_masked_input(a) for a in aggregations))
+    qs = queries.select(*keys, pl.col(query_time).cast(ev.schema["__t"]).alias("__t")).with_row_index("__row")
+    qs = qs.cast({k: ev.schema[k] for k in keys})
+    union = pl.concat([ev.drop_nulls(["__t", *keys]), qs.drop_nulls(["__t", *keys])], how="diagonal")
+    union = union.sort(*keys, "__t", maintain_order=True)
+    position = pl.int_range(pl.len()).over(keys).alias("__i")  # rolling keeps the order within a group only
+    rows = union.select(*keys, position, "__row").drop_nulls("__row")
+    out = queries.with_row_index("__row").select("__row")
+    for window in sorted({a.window for a in aggregations}):
+        exprs = [_rolling_expr(a) for a in aggregations if a.window == window]
+        stats = union.rolling("__t", period=window, closed="right", group_by=list(keys)).agg(exprs)
+        stats = rows.join(stats.with_columns(position), on=[*keys, "__i"], how="left").drop(*keys, "__i", "__t")
+        out = out.join(stats, on="__row", how="left", maintain_order="left")
+    counts = [a.name for a in aggregations if a.function == "count"]
+    out = out.with_columns(pl.col(counts).fill_null(0.0))
+    return queries.hstack(out.select(a.name for a in aggregations))
 
 
-def percentile(sorted_values: list[float], pct: float) -> float:
-    """Nearest-rank percentile: an actually observed latency, never an interpolated one."""
-    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
+def _masked_input(a: Aggregation) -> pl.Expr:
+    """The aggregation's input where it counts, null elsewhere (count: 1.0; share: the where flag)."""
+    flag = pl.lit(True) if a.column is None else pl.col(a.column).is_not_null()
+    if a.where is not None and a.function != "share":
+        flag = flag & pl.sql_expr(a.where).fill_null(False)
+    if a.function == "count":
+        value = pl.lit(1.0)
+    elif a.function == "share":
+        value = pl.sql_expr(a.where).fill_null(False).cast(pl.Float64)
+    else:
+        value = pl.col(a.column) if a.function == "last" else pl.col(a.column).cast(pl.Float64)
+    return pl.when(flag).then(value).alias(a.name)
 
 
-def latency_summary(nanoseconds: list[int]) -> dict[str, float]:
-    micros = sorted(ns / 1_000 for ns in nanoseconds)
-    return {"calls": len(micros), "p50_us": percentile(micros, 50), "p99_us": percentile(micros, 99),
-            "max_us": micros[-1], "mean_us": statistics.fmean(micros)}
+def _rolling_expr(a: Aggregation) -> pl.Expr:
+    column = pl.col(a.name)
+    if a.function == "count":
+        return column.sum().cast(pl.Float64)
+    if a.function == "share":
+        return column.mean()
+    if a.function == "last":
+        return column.drop_nulls().last()
+    if a.function == "sum":
+        return pl.when(column.count() > 0).then(column.sum())
+    return getattr(column, a.function)()
 
 
-def stage_baseline(repeats: int) -> dict[str, Any]:
-    """Polars imported and the raw data loaded, nothing else: the floor the other stages add to."""
-    sources = load_sources()
-    return {"rows": {name: df.height for name, df in sources.items()}}
+def all_windows(project: Project, events: dict[str, pl.DataFrame], queries: pl.DataFrame,
+                engine: Engine) -> pl.DataFrame:
+    """Every windowed view's aggregations onto the queries with one engine, chained as offline_features does."""
+    out = queries
+    for name in windowed_views(project):
+        view = project.feature_views[name]
+        out = engine(events[name], view_keys(project, name), view.known_at, view_aggregations(project, name), out,
+                     PREDICTION_TIME)
+    return out
 
 
-def stage_baseline_package(repeats: int) -> dict[str, Any]:
-    """The baseline plus importing mlops_assets, which every measured stage pays for."""
-    sources = load_sources()
-    flights_task()
-    return {"rows": {name: df.height for name, df in sources.items()}}
+def differences(ours: pl.DataFrame, reference: pl.DataFrame, names: Sequence[str]) -> tuple[float, int]:
+    """Largest relative difference (absolute below 1) and the count of null/non-null disagreements."""
+    worst, nulls = 0.0, 0
+    for name in names:
+        x, y = ours.get_column(name), reference.get_column(name)
+        if x.dtype == pl.String or y.dtype == pl.String:
+            nulls += int((x.is_null() != y.is_null()).sum()) + int((x.drop_nulls() != y.drop_nulls()).sum())
+            continue
+        x, y = x.cast(pl.Float64), y.cast(pl.Float64)
+        nulls += int((x.is_null() != y.is_null()).sum())
+        diff = ((x - y).abs() / y.abs().clip(lower_bound=1.0)).max()
+        worst = max(worst, float(diff) if diff is not None else 0.0)
+    return worst, nulls
 
 
-def stage_build_and_training_set(repeats: int) -> dict[str, Any]:
-    """(1) all six views from the full year, then (2) the PIT training set, in one process."""
-    from mlops_assets.training.dataset import flight_training_set
-
-    sources, task = load_sources(), flights_task()
-    lead = timedelta(hours=task.prediction_lead_hours)
-    build, (events, frames) = timed(lambda: build_views(sources, lead), repeats)
-    build["peak_rss_mb_so_far"] = peak_rss_mb()
-    pairs = view_pairs(task.source.feature_views, frames)
-    training, result = timed(lambda: flight_training_set(events, pairs, task), repeats)
-    build["view_rows"] = {name: df.height for name, df in frames.items()}
-    training.update(rows=result.height, columns=result.width, views=len(pairs))
-    return {"feature_build": build, "training_set": training}
+def window_comparison(project: Project, events: dict[str, pl.DataFrame], queries: pl.DataFrame,
+                      repeats: int) -> dict[str, Any]:
+    ours = timed(lambda: all_windows(project, events, queries, aggregate_at), repeats)
+    reference = timed(lambda: all_windows(project, events, queries, polars_reference), repeats)
+    names = [a.name for v in windowed_views(project) for a in view_aggregations(project, v)]
+    worst, nulls = differences(ours.result, reference.result, names)
+    return {"ours": ours, "polars": reference, "aggregations": len(names), "worst": worst, "nulls": nulls}
 
 
-def bare_asof_chain(entities: pl.DataFrame, weather: pl.DataFrame, planes: pl.DataFrame,
-                    weather_ttl: timedelta | None, plane_ttl: timedelta | None) -> pl.DataFrame:
-    """The minimum polars does for the same join: inputs already sorted, no row-order restoration."""
-    return entities.join_asof(
-        weather, left_on="prediction_time", right_on="observed_at", by="origin",
-        strategy="backward", tolerance=weather_ttl, check_sortedness=False,
-    ).join_asof(
-        planes, left_on="prediction_time", right_on="valid_from", by="tailnum",
-        strategy="backward", tolerance=plane_ttl, check_sortedness=False,
-    )
+# ---------------------------------------------------------------------------------------- online
 
 
-def same_values(pit: pl.DataFrame, bare: pl.DataFrame, features: list[str]) -> bool:
-    """Both joins must find the same values, or the comparison is between different work."""
-    key = ["origin", "tailnum", "prediction_time"]
-    left = pit.select(*key, *features).sort(key, nulls_last=True)
-    right = bare.select(*key, *features).sort(key, nulls_last=True)
-    return left.equals(right)
+def online_events(project: Project, events: dict[str, pl.DataFrame]) -> dict[str, pl.DataFrame]:
+    """Each windowed view's events with the event id the online store gives them (as serving loads them)."""
+    out = {}
+    for name in windowed_views(project):
+        dtypes = view_dtypes(project, name)
+        out[name] = events[name].with_columns(event_id_expr(project.feature_views[name], dtypes).alias(EVENT_ID))
+    return out
 
 
-def stage_pit_vs_asof(repeats: int) -> dict[str, Any]:
-    """(3) weather + plane views onto every flight: point_in_time_join vs a bare join_asof chain."""
-    from mlops_assets.features.pit import point_in_time_join
-    from mlops_assets.features.views import plane_view, weather_view
-
-    from mlops_assets.features import transforms as tf
-
-    sources, task = load_sources(), flights_task()
-    events = tf.flight_events(sources["flights"], timedelta(hours=task.prediction_lead_hours))
-    frames = {weather_view.name: tf.weather_features(sources["weather"]),
-              plane_view.name: tf.plane_features(sources["planes"])}
-    entities = events.select("origin", "tailnum", task.timestamp)
-    pairs = view_pairs(list(frames), frames)
-    pit, pit_result = timed(lambda: point_in_time_join(entities, pairs, timestamp=task.timestamp), repeats)
-    sorted_entities = entities.sort(task.timestamp)
-    weather = frames[weather_view.name].sort(weather_view.timestamp_field)
-    planes = frames[plane_view.name].sort(plane_view.timestamp_field)
-    bare, bare_result = timed(
-        lambda: bare_asof_chain(sorted_entities, weather, planes, weather_view.ttl, plane_view.ttl), repeats
-    )
-    pit_sorted, _ = timed(lambda: point_in_time_join(sorted_entities, pairs, timestamp=task.timestamp), repeats)
-    features = [*weather_view.features, *plane_view.features]
-    return {"rows": entities.height, "point_in_time_join": pit, "point_in_time_join_time_ordered": pit_sorted,
-            "bare_join_asof": bare, "same_values": same_values(pit_result, bare_result, features)}
+def new_windows(project: Project) -> dict[str, OnlineWindows]:
+    return {n: OnlineWindows(view_keys(project, n), project.feature_views[n].known_at,  # type: ignore[arg-type]
+                             view_aggregations(project, n), EVENT_ID) for n in windowed_views(project)}
 
 
-def random_reads(frames: dict[str, pl.DataFrame], rng: random.Random) -> list[tuple[FeatureView, tuple]]:
-    """Existing keys of weather (origin), plane (tailnum) and route stats (origin, dest), mixed."""
-    from mlops_assets.features.views import plane_view, route_delay_view, weather_view
-
-    from mlops_assets.features.online_store import latest_per_key
-
-    views = [weather_view, plane_view, route_delay_view]
-    keys = {v.name: latest_per_key(v, frames[v.name]).select(v.entity_keys).rows() for v in views}
-    picks = [rng.choice(views) for _ in range(N_READS)]
-    return [(v, rng.choice(keys[v.name])) for v in picks]
-
-
-def time_reads(store: OnlineStore, calls: list[tuple[FeatureView, tuple]]) -> list[int]:
-    """One perf_counter_ns pair around each read, nothing else inside the timed region."""
-    latencies = []
-    for view, key in calls:
-        start = time.perf_counter_ns()
-        store.read(view, key)
-        latencies.append(time.perf_counter_ns() - start)
-    return latencies
+def push_all(project: Project, frames: dict[str, pl.DataFrame], batch: int) -> tuple[dict[str, OnlineWindows], float]:
+    """Every view's events pushed in batches; returns the windows and the seconds spent in `push`."""
+    windows, seconds = new_windows(project), 0.0
+    for name, frame in frames.items():
+        store = windows[name]
+        for offset in range(0, frame.height, batch):
+            chunk = frame.slice(offset, batch)
+            start = time.perf_counter()
+            store.push(chunk)
+            seconds += time.perf_counter() - start
+    return windows, seconds
 
 
-def time_requests(store: OnlineStore, views: list[FeatureView], requests: list[dict]) -> list[int]:
-    latencies = []
-    for request in requests:
-        start = time.perf_counter_ns()
-        store.read_many(views, request)
-        latencies.append(time.perf_counter_ns() - start)
-    return latencies
+def single_row_push(project: Project, frames: dict[str, pl.DataFrame], rows: int) -> float:
+    """Seconds to push the last `rows` events of every view one at a time, onto the rest of the year."""
+    windows, _ = push_all(project, {n: f.head(f.height - rows) for n, f in frames.items()}, 50_000)
+    seconds = 0.0
+    for name, frame in frames.items():
+        store = windows[name]
+        for offset in range(frame.height - rows, frame.height):
+            chunk = frame.slice(offset, 1)
+            start = time.perf_counter()
+            store.push(chunk)
+            seconds += time.perf_counter() - start
+    return seconds
 
 
-def stage_online_store(repeats: int) -> dict[str, Any]:
-    """(5) every view written to a fresh SQLite store, then single-key and full-request reads."""
-    from mlops_assets.features.online_store import OnlineStore
+def request_latency(project: Project, windows: dict[str, OnlineWindows], requests: pl.DataFrame,
+                    clock: Callable[[], int] = time.perf_counter_ns) -> tuple[list[float], dict[str, list[float]], int]:
+    """Per request: every windowed view computed at its prediction time (µs), per view, and value mismatches.
 
-    sources, task, rng = load_sources(), flights_task(), random.Random(SEED)
-    events, frames = build_views(sources, timedelta(hours=task.prediction_lead_hours))
-    pairs = view_pairs(task.source.feature_views, frames)
-    calls = random_reads(frames, rng)
-    flights = events.drop_nulls("tailnum").select("carrier", "tailnum", "origin", "dest").to_dicts()
-    requests = rng.sample(flights, N_REQUESTS)
-    with tempfile.TemporaryDirectory() as tmp:
-        store = OnlineStore(Path(tmp) / "online.db")
-        start = time.perf_counter()
-        keys = {view.name: store.write_view(view, data) for view, data in pairs}
-        write_s = time.perf_counter() - start
-        store.read_many([view for view, _ in pairs], requests[0])
-        gc.collect()
-        reads = latency_summary(time_reads(store, calls))
-        gc.collect()
-        full = latency_summary(time_requests(store, [view for view, _ in pairs], requests))
-    return {"write_all_views_s": write_s, "keys_per_view": keys, "single_key_read": reads,
-            "read_many_full_request": full}
-
-
-STAGES: dict[str, Stage] = {
-    "baseline": stage_baseline,
-    "baseline_package": stage_baseline_package,
-    "build_and_training_set": stage_build_and_training_set,
-    "pit_vs_asof": stage_pit_vs_asof,
-    "online_store": stage_online_store,
-}
+    Long-lived objects are frozen out of the garbage collector first, as a serving process would after
+    loading its stores; `clock=time.thread_time_ns` measures CPU time, blind to preemption.
+    """
+    gc.collect()
+    gc.freeze()
+    names = windowed_views(project)
+    keys = {n: view_keys(project, n) for n in names}
+    totals, per_view, mismatches = [], {n: [] for n in names}, 0
+    for row in requests.iter_rows(named=True):
+        t, total = row[PREDICTION_TIME], 0.0
+        for name in names:
+            key = tuple(row[k] for k in keys[name])
+            start = clock()
+            result = windows[name].compute(key, t)
+            elapsed = (clock() - start) / 1_000
+            per_view[name].append(elapsed)
+            total += elapsed
+            mismatches += sum(not same_value(v, row[f]) for f, v in result.values.items())
+        totals.append(total)
+    gc.unfreeze()
+    return totals, per_view, mismatches
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set so far (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def online(project: Project, events: dict[str, pl.DataFrame], training: pl.DataFrame,
+           n_requests: int, sources: dict[str, int]) -> dict[str, Any]:
+    frames = online_events(project, events)
+    view_events_total = sum(f.height for f in frames.values())
+    windows, push_s = push_all(project, frames, BATCH)
+    single_s = single_row_push(project, frames, SINGLE_ROWS)
+    requests = training.filter(pl.all_horizontal(pl.col(k).is_not_null()
+                                                 for n in windowed_views(project) for k in view_keys(project, n)))
+    requests = requests.sample(n_requests, seed=SEED)
+    totals, per_view, mismatches = request_latency(project, windows, requests)
+    cpu, _, _ = request_latency(project, windows, requests, time.thread_time_ns)
+    return {"view_events": view_events_total, "source_events": sum(sources.values()), "sources": sources,
+            "push_s": push_s, "single_rows": SINGLE_ROWS * len(frames), "single_s": single_s,
+            "totals": totals, "per_view": per_view, "cpu": cpu, "mismatches": mismatches,
+            "requests": requests.height, "held": {n: len(w) for n, w in windows.items()}}
 
 
-def run_stage(name: str, repeats: int) -> None:
-    """Child side: run one stage and print its figures and this process's peak RSS as JSON."""
-    result = STAGES[name](repeats)
-    result["peak_rss_mb"] = peak_rss_mb()
-    print(json.dumps(result))
+def source_event_counts(project: Project, prepared: dict[str, pl.DataFrame]) -> dict[str, int]:
+    """Rows of each source that at least one windowed view stores (known to it, keys complete)."""
+    out = {}
+    for source in dict.fromkeys(project.feature_views[v].source for v in windowed_views(project)):
+        conditions = []
+        for name in windowed_views(project):
+            view = project.feature_views[name]
+            if view.source == source:
+                conditions.append(pl.all_horizontal(pl.col(c).is_not_null() for c in [*view_keys(project, name),
+                                                                                        view.known_at]))
+        out[source] = prepared[source].filter(pl.any_horizontal(conditions)).height
+    return out
 
 
-def spawn_stage(name: str, repeats: int) -> dict[str, Any]:
-    """Parent side: a fresh interpreter per stage, so ru_maxrss is that stage's peak alone."""
-    command = [sys.executable, str(Path(__file__).resolve()), "--stage", name, "--repeats", str(repeats)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"stage {name!r} failed:\n{done.stderr}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+# ---------------------------------------------------------------------------------------- report
 
 
-def derived_figures(stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Ratios and goal checks, computed once so the table and the JSON agree."""
-    join = stages["pit_vs_asof"]
-    pit, bare = join["point_in_time_join_time_ordered"], join["bare_join_asof"]
-    ratio = pit["best_s"] / bare["best_s"]
-    unordered = join["point_in_time_join"]["best_s"] / bare["best_s"]
-    speedup = FEAST_REFERENCE["duckdb_offline_store"]["seconds"] / join["point_in_time_join"]["best_s"]
-    p99 = stages["online_store"]["single_key_read"]["p99_us"]
-    return {
-        "pit_over_asof_best": ratio, "pit_over_asof_median": pit["median_s"] / bare["median_s"],
-        "pit_over_asof_goal_met": ratio <= PIT_RATIO_GOAL, "pit_unordered_input_over_asof_best": unordered,
-        "speedup_vs_feast_duckdb": speedup, "speedup_goal_met": speedup >= FEAST_SPEEDUP_GOAL,
-        "read_p99_goal_met": p99 < READ_P99_GOAL_US,
-    }
+def print_stages(stages: dict[str, Any], rows: int, columns: int) -> None:
+    print(f"\n{'1. training set, exact windows, all views':<64}{'best s':>9}{'median s':>10}")
+    labels = {"prepare_all": "   prepare_all (derive: flight times, plane attributes)",
+              "view_events": "   view_events, every view", "build_training_set":
+              f"   build_training_set ({rows:,} rows x {columns} columns)",
+              "total": "   prepare_all + view_events + build_training_set"}
+    for key, label in labels.items():
+        print(f"{label:<64}{stages[key].best_s:>9.3f}{stages[key].median_s:>10.3f}")
 
 
-def metadata(repeats: int) -> dict[str, Any]:
-    return {
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "repeats": repeats, "python": platform.python_version(), "polars": pl.__version__,
-        "platform": platform.platform(), "cpus": os.cpu_count(),
-    }
+def print_windows(cmp: dict[str, Any], rows: int, views: int) -> None:
+    ours, ref = cmp["ours"], cmp["polars"]
+    title = f"2. windowed aggregations: {views} views, {cmp['aggregations']} aggregations onto {rows:,} rows"
+    print(f"\n{title:<64}{'best s':>9}{'median s':>10}")
+    print(f"{'   aggregate_at (the engine build_training_set uses)':<64}{ours.best_s:>9.3f}{ours.median_s:>10.3f}")
+    print(f"{'   bare polars rolling(closed=right) over events + queries':<64}{ref.best_s:>9.3f}{ref.median_s:>10.3f}")
+    print(f"   ratio engine / polars: {ours.best_s / ref.best_s:.2f}x best, {ours.median_s / ref.median_s:.2f}x "
+          f"median; same values: max relative difference {cmp['worst']:.2g}, null disagreements {cmp['nulls']}")
 
 
-def verdict(met: bool) -> str:
-    return "met" if met else "NOT met"
+def print_online(result: dict[str, Any]) -> None:
+    rate = result["view_events"] / result["push_s"]
+    source_rate = result["source_events"] / result["push_s"]
+    single = result["single_rows"] / result["single_s"]
+    print(f"\n3. online: OnlineWindows per windowed view, {result['view_events']:,} view events "
+          f"({', '.join(f'{s} {n:,}' for s, n in result['sources'].items())} source rows)")
+    print(f"   push, batches of {BATCH:,}: {result['push_s']:.2f} s -> {rate:,.0f} view events/s; "
+          f"{source_rate:,.0f} source events/s (each into every view of its source)")
+    print(f"   push, single rows ({result['single_rows']:,} events onto the rest of the year): "
+          f"{single:,.0f} view events/s")
+    totals, cpu = result["totals"], result["cpu"]
+    print(f"   request, compute() for all {len(result['per_view'])} windowed views, {result['requests']:,} random "
+          f"training rows: p50 {percentile(totals, 50):.1f} µs, p99 {percentile(totals, 99):.1f} µs, "
+          f"max {max(totals):.1f} µs, mean {statistics.fmean(totals):.1f} µs")
+    print(f"   same, CPU time of the thread: p50 {percentile(cpu, 50):.1f} µs, p99 {percentile(cpu, 99):.1f} µs")
+    for name, times in result["per_view"].items():
+        print(f"     {name:<34} p50 {percentile(times, 50):6.1f} µs, p99 {percentile(times, 99):6.1f} µs")
+    print(f"   online values vs training set: {result['mismatches']} mismatches")
 
 
-def print_timings(stages: dict[str, dict[str, Any]], derived: dict[str, Any]) -> None:
-    build = stages["build_and_training_set"]
-    join = stages["pit_vs_asof"]
-    rows = [
-        ("1. Full-year feature build (6 views)", build["feature_build"]),
-        (f"2. PIT training set ({build['training_set']['rows']:,} rows x "
-         f"{build['training_set']['columns']} cols)", build["training_set"]),
-        (f"3. point_in_time_join, weather + plane onto {join['rows']:,} flights", join["point_in_time_join"]),
-        ("   same, entity frame already in time order (as bare gets it)", join["point_in_time_join_time_ordered"]),
-        ("   bare polars join_asof chain (pre-sorted, no reorder)", join["bare_join_asof"]),
-    ]
-    print(f"{'Wall time (perf_counter)':<66}{'best s':>9}{'median s':>10}")
-    for label, figures in rows:
-        print(f"{label:<66}{figures['best_s']:>9.3f}{figures['median_s']:>10.3f}")
-    print(f"   ratio PIT / bare, same time-ordered input: {derived['pit_over_asof_best']:.2f}x best, "
-          f"{derived['pit_over_asof_median']:.2f}x median (goal <= {PIT_RATIO_GOAL}x: "
-          f"{verdict(derived['pit_over_asof_goal_met'])}); same values: {join['same_values']}")
-    print(f"   ratio PIT / bare, unordered input (PIT sorts and restores row order): "
-          f"{derived['pit_unordered_input_over_asof_best']:.2f}x best")
-
-
-def print_feast(derived: dict[str, Any]) -> None:
-    duck, file = FEAST_REFERENCE["duckdb_offline_store"], FEAST_REFERENCE["file_offline_store"]
-    print("\nFeast 0.67 reference figures -- QUOTED FROM THE ISSUE, NOT MEASURED HERE")
-    print(f"   DuckDB offline store, weather + plane onto {duck['rows']:,} flights: "
-          f"~{duck['seconds']:.1f} s, ~{duck['peak_mb']} MB peak")
-    print(f"   file offline store, {file['rows']:,} rows: {file['seconds']:.0f} s, {file['peak_gb']} GB peak")
-    print(f"   our point_in_time_join vs Feast DuckDB {duck['seconds']:.1f} s: "
-          f"{derived['speedup_vs_feast_duckdb']:.0f}x faster (goal >= {FEAST_SPEEDUP_GOAL:.0f}x: "
-          f"{verdict(derived['speedup_goal_met'])})")
-
-
-def print_memory(stages: dict[str, dict[str, Any]]) -> None:
-    """Each peak over the polars-only baseline and over the package import every stage pays."""
-    base, package = stages["baseline"]["peak_rss_mb"], stages["baseline_package"]["peak_rss_mb"]
-    rows = [
-        ("baseline: import polars + load the three tables", "baseline"),
-        ("baseline + import mlops_assets (package loads Dagster defs)", "baseline_package"),
-        ("(1)+(2) feature build + PIT training set", "build_and_training_set"),
-        ("(3) PIT join vs bare join_asof (incl. events + the 2 views)", "pit_vs_asof"),
-        ("(5) online store write + reads (incl. building views)", "online_store"),
-    ]
-    print(f"\n{'Peak RSS, fresh process per stage (ru_maxrss)':<66}{'MB':>9}{'+ base':>10}{'+ pkg':>10}")
-    for label, stage in rows:
-        peaks = [(label, stages[stage]["peak_rss_mb"])]
-        if stage == "build_and_training_set":
-            peaks.append(("   of which peak after (1) alone, same process",
-                          stages[stage]["feature_build"]["peak_rss_mb_so_far"]))
-        for text, peak in peaks:
-            over_package = f"{peak - package:+.0f}" if not stage.startswith("baseline") else ""
-            print(f"{text:<66}{peak:>9.0f}{peak - base:>+10.0f}{over_package:>10}")
-
-
-def print_online(stages: dict[str, dict[str, Any]], derived: dict[str, Any]) -> None:
-    online = stages["online_store"]
-    single, full = online["single_key_read"], online["read_many_full_request"]
-    print(f"\nOnline store (SQLite): all 6 views written in {online['write_all_views_s']:.2f} s, "
-          f"{sum(online['keys_per_view'].values()):,} keys")
-    print(f"{'Read latency (perf_counter_ns), microseconds':<66}{'p50':>9}{'p99':>10}{'max':>10}")
-    rows = [
-        (f"read(): {single['calls']:,} random keys (weather/plane/route mix)", single),
-        (f"read_many(): {full['calls']:,} flight requests, all 6 views", full),
-    ]
-    for label, figures in rows:
-        print(f"{label:<66}{figures['p50_us']:>9.1f}{figures['p99_us']:>10.1f}{figures['max_us']:>10.1f}")
-    print(f"   read() p99 goal < {READ_P99_GOAL_US:.0f} us: {verdict(derived['read_p99_goal_met'])}")
-
-
-def report(repeats: int) -> None:
-    """Run every stage in its own process, print the table and write the JSON."""
-    meta = metadata(repeats)
-    stages = {name: spawn_stage(name, repeats) for name in STAGES}
-    derived = derived_figures(stages)
-    rows = stages["baseline"]["rows"]["flights"]
-    print(f"Feature repository benchmark: {rows:,} flights (2013), best/median of {repeats}, "
-          f"polars {meta['polars']}, Python {meta['python']}, {meta['cpus']} CPUs\n")
-    print_timings(stages, derived)
-    print_feast(derived)
-    print_memory(stages)
-    print_online(stages, derived)
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"meta": meta, "stages": stages, "derived": derived, "feast_reference": FEAST_REFERENCE}
-    RESULTS_PATH.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nwrote {RESULTS_PATH.relative_to(PROJECT_ROOT)}")
+def figures(stages: dict[str, Any], cmp: dict[str, Any], on: dict[str, Any], load: tuple[str, str]) -> dict[str, Any]:
+    """Everything as plain numbers (for --json)."""
+    def t(x: Any) -> dict[str, Any]:
+        return {"best_s": x.best_s, "median_s": x.median_s, "runs_s": x.runs_s}
+    return {"load_average": {"start": load[0], "end": load[1]}, "training_set": {k: t(v) for k, v in stages.items()},
+            "windows": {"engine": t(cmp["ours"]), "polars": t(cmp["polars"]), "max_relative_difference": cmp["worst"],
+                        "null_disagreements": cmp["nulls"]},
+            "online": {"push_view_events_per_s": on["view_events"] / on["push_s"],
+                       "push_source_events_per_s": on["source_events"] / on["push_s"],
+                       "push_single_view_events_per_s": on["single_rows"] / on["single_s"],
+                       "request_p50_us": percentile(on["totals"], 50), "request_p99_us": percentile(on["totals"], 99),
+                       "mismatches": on["mismatches"]},
+            "peak_rss_mb": peak_rss_mb()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per timed figure (default 3)")
-    parser.add_argument("--stage", choices=sorted(STAGES), help=argparse.SUPPRESS)
+    parser.add_argument("--requests", type=int, default=2_000, help="online requests timed (default 2000)")
+    parser.add_argument("--json", type=Path, help="also write the figures to this file")
     args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error("--repeats must be at least 1")
-    if args.stage:
-        run_stage(args.stage, args.repeats)
-    else:
-        report(args.repeats)
+    start_load = load_average()
+    print(f"feature repository benchmark, flights 2013, best/median of {args.repeats}; {machine_line()}")
+    project = flights_project()
+    spec = project.spec
+    raw = raw_sources(project)
+    rss_before = peak_rss_mb()
+    stages = training_set_stages(project, raw, args.repeats)
+    training = stages["build_training_set"].result
+    print_stages(stages, training.height, training.width)
+    rss_training = peak_rss_mb()
+    prepared, events = stages["prepare_all"].result, stages["view_events"].result
+    queries = examples_frame(project, prepared)
+    cmp = window_comparison(spec, events, queries, args.repeats)
+    print_windows(cmp, queries.height, len(windowed_views(spec)))
+    on = online(spec, events, training, args.requests, source_event_counts(spec, prepared))
+    print_online(on)
+    peak = peak_rss_mb()
+    end_load = load_average()
+    print(f"\n4. peak RSS: {rss_before:.0f} MB after reading the data, {rss_training:.0f} MB after the training-set "
+          f"runs, {peak:.0f} MB at the end (online windows of the whole year included)")
+    print(f"load average (1, 5, 15 min): {start_load} at start, {end_load} at the end")
+    if args.json:
+        args.json.write_text(json.dumps(figures(stages, cmp, on, (start_load, end_load)), indent=2) + "\n")
+    total, ratio = stages["total"].best_s, cmp["ours"].best_s / cmp["polars"].best_s
+    print_goals([
+        (f"training set (prepare_all + view_events + build_training_set) <= {TRAINING_SET_GOAL_S:.1f} s",
+         total <= TRAINING_SET_GOAL_S),
+        (f"windowed aggregations <= {POLARS_RATIO_GOAL}x the bare polars reference", ratio <= POLARS_RATIO_GOAL),
+        ("engine == polars reference == online (1e-9)", cmp["worst"] <= 1e-9 and cmp["nulls"] == 0
+         and on["mismatches"] == 0),
+        (f"online request p99 <= {ONLINE_P99_GOAL_US:.0f} µs (all windowed views)",
+         percentile(on["totals"], 99) <= ONLINE_P99_GOAL_US),
+        (f"push into OnlineWindows >= {PUSH_GOAL_PER_S:,.0f} events/s (batches of {BATCH:,})",
+         on["view_events"] / on["push_s"] >= PUSH_GOAL_PER_S),
+    ])
 
 
 if __name__ == "__main__":

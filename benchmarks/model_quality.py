@@ -1,337 +1,251 @@
-"""Model quality of the flights task on the full 2013 year, with and without the trailing delay views.
+"""Model quality of the flights project on the full 2013 year, with exact windows, and a leakage audit.
 
-Builds the training set exactly as the pipeline does (ingestion_job over the 12 months, then
-feature_repository_job, on a throwaway platform), then tunes LightGBM with the task's own budget
-(`train_candidate`) for three feature sets and scores each on the test months (Nov-Dec):
-(a) every feature of the default task, (b) the task without the four trailing delay views, and
-(c) the issue's reference model, schedule + weather + plane. A leakage audit re-joins the stored
-views onto the training set's rows with their event timestamps kept.
+The training set is built from data as the pipeline builds it (typed `data/*.parquet` ->
+`prepare_all` -> `view_events` -> `build_training_set`, the project's split: train Jan-Sep,
+validation Oct, test Nov-Dec). `train_candidate` tunes LightGBM with the project's `tuning`
+settings on every model feature; the winner is scored on the test months.
 
-    .venv/bin/python benchmarks/model_quality.py [--keep]
+Leakage audit: for a random sample of training-set rows, every aggregation of every windowed view
+(the plain features too: `last` within their TTL) is recomputed by brute force from the prepared
+source's rows, with plain Python loops over the events of the row's key whose known-at is in
+(t - w, t] (a bisection only narrows the scan to (t - w - 1 day, t + 1 day]; the loop tests the
+window itself). Reported: values that differ from the training set (1e-9 relative, null == null),
+and values that would have used an event known after t: a differing value that the same brute
+force reproduces at a later time t' (the known-at of one of the key's next events, up to t + 1 day).
+As a check that the audit can see a leak, it also counts the values that admitting the key's next
+event known after t would have changed.
 
-Prints a table and writes `benchmarks/results/model_quality.json`.
+    .venv/bin/python benchmarks/model_quality.py [--sample 300] [--seed 2013]
+
+Prints the figures and a closing block of `goal ...: met/not met` lines.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shutil
-import tempfile
-import threading
+import bisect
+import logging
+import random
 import time
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import polars as pl
-import psutil
+from _common import flights_project, load_average, machine_line, prepared_and_events, print_goals, same_value
 
-if TYPE_CHECKING:
-    from mlops_assets.features.views import FeatureView
-    from mlops_assets.task import TaskConfig
+from mlops_assets.contract import PREDICTION_TIME, SPLIT
+from mlops_assets.evaluation.metrics import binary_metrics
+from mlops_assets.features.repository import is_static, model_features, view_aggregations, view_keys
+from mlops_assets.features.windows import Aggregation
+from mlops_assets.project.spec import Project
+from mlops_assets.training.training_set import build_training_set, split_summary
+from mlops_assets.training.tuning import train_candidate
 
-    from mlops_assets.lake import Lake
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-RESULTS_PATH = PROJECT_ROOT / "benchmarks" / "results" / "model_quality.json"
-TASK_FILE = PROJECT_ROOT / "mlops_assets" / "tasks" / "flights.yaml"
-QUIET_CPU_PERCENT = 10.0
-QUIET_SAMPLE_S = 2.0
-QUIET_WAIT_LIMIT_S = 15.0
-CONTENDED_CORES = 0.25
-DELAY_VIEWS = ("route_delay_stats", "carrier_delay_stats", "origin_delay_stats", "origin_departure_stats")
-REFERENCE_VIEWS = ("weather_features", "plane_features")
-VARIANTS = {
-    "a_all_features": "(a) all features (default task)",
-    "b_without_delay_views": "(b) without the 4 trailing delay views",
-    "c_schedule_weather_plane": "(c) schedule + weather + plane (issue's reference)",
-}
-ISSUE_REFERENCE = {"model": "schedule + weather + plane", "test_auc": 0.652,
-                   "source": "quoted from the issue; not measured by this script"}
+PREVIOUS_AUC = 0.7215  # stale windows (the design before exact windows), benchmarks/results/model_quality.json
+AUC_GOAL = 0.73
+SAMPLE = 300
+SEED = 2013
+DAY_US = 86_400_000_000
+FUTURE_EVENTS = 50
+Event = tuple[int, dict[str, Any]]
 
 
-def wait_for_quiet(limit_s: float) -> float:
-    """Wait (up to `limit_s`) until other processes leave the cores idle; returns the seconds waited.
+# ------------------------------------------------------------------------------------------ model
 
-    LightGBM's OpenMP threads spin at barriers, so tuning slows down many times over when another
-    process takes one of the 2 cores, and the time budget then buys fewer trials.
-    """
+
+def train_and_test(project: Project, training: pl.DataFrame) -> dict[str, Any]:
+    """`train_candidate` on train/validation with the project's tuning; metrics on the test split."""
+    splits = {s: training.filter(pl.col(SPLIT) == s) for s in ("train", "validation", "test")}
+    features = model_features(project)
     started = time.perf_counter()
-    while time.perf_counter() - started < limit_s:
-        if psutil.cpu_percent(interval=QUIET_SAMPLE_S) <= QUIET_CPU_PERCENT:
-            break
-    return time.perf_counter() - started
-
-
-class OtherLoad:
-    """CPU seconds used by other processes while a model trains (contention), sampled each second.
-
-    Summed process by process from their own accounting: machine-wide /proc/stat busy time overstates
-    use on this VM. A process that starts and ends between two samples is missed.
-    """
-
-    def __init__(self, interval_s: float = 1.0) -> None:
-        self.since, self.interval_s = time.time(), interval_s
-        self._cpu: dict[tuple[int, float], tuple[float, float]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> None:
-        own = {os.getpid(), os.getppid()}
-        for proc in psutil.process_iter(["pid", "create_time", "cpu_times"]):
-            info = proc.info
-            if info["pid"] in own or info["cpu_times"] is None:
-                continue
-            cpu = info["cpu_times"].user + info["cpu_times"].system
-            key = (info["pid"], info["create_time"])
-            first = self._cpu.get(key, (0.0 if info["create_time"] >= self.since else cpu,))[0]
-            self._cpu[key] = (first, cpu)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample()
-
-    def __enter__(self) -> OtherLoad:
-        self.sample()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sample()
-
-    def cpu_s(self) -> float:
-        return sum(last - first for first, last in self._cpu.values())
-
-
-def build_training_set(root: Path) -> tuple[Lake, TaskConfig, pl.DataFrame, dict[str, Any]]:
-    """Ingest the year and run feature_repository_job on a throwaway platform, as the pipeline does."""
-    import dagster as dg
-
-    from mlops_assets.lake import read_training_set
-    from mlops_assets_tests.pipeline_env import PipelineEnv
-
-    env = PipelineEnv(root, TASK_FILE, dg.DagsterInstance.ephemeral())
-    runs = {"ingestion_job": lambda: env.ingest("2013-01", "2013-12"),
-            "feature_repository_job": lambda: env.run("feature_repository_job")}
-    seconds = {}
-    for name, run in runs.items():
-        started = time.perf_counter()
-        if not run().success:
-            raise RuntimeError(f"{name} failed on the throwaway platform {root}")
-        seconds[name] = time.perf_counter() - started
-    lake = env.resources["lake"].get()
-    frame, digest = read_training_set(lake)
-    return lake, env.resources["task"].get(), frame, {"content_hash": digest, "seconds": seconds}
-
-
-def describe(frame: pl.DataFrame, task: TaskConfig) -> dict[str, Any]:
-    """Rows, months and positive rate per split, to show what the figures were measured on."""
-    summary = frame.group_by("split").agg(
-        rows=pl.len(), months=pl.col("month").unique().sort().str.join(","),
-        positive_rate=pl.col(task.label).cast(pl.Float64).mean(),
-    )
-    splits = {r["split"]: {k: r[k] for k in ("rows", "months", "positive_rate")} for r in summary.to_dicts()}
-    return {"rows": frame.height, "columns": frame.width, "splits": splits}
-
-
-def with_views(task: TaskConfig, views: list[str]) -> TaskConfig:
-    return task.model_copy(update={"source": task.source.model_copy(update={"feature_views": views})})
-
-
-def variant_tasks(task: TaskConfig) -> dict[str, TaskConfig]:
-    """(a) the task as is, (b) minus the trailing delay views, (c) request features + weather + plane."""
-    kept = [v for v in task.source.feature_views if v not in DELAY_VIEWS]
-    return {"a_all_features": task, "b_without_delay_views": with_views(task, kept),
-            "c_schedule_weather_plane": with_views(task, list(REFERENCE_VIEWS))}
-
-
-def features_of(task: TaskConfig) -> list[str]:
-    from mlops_assets.features.views import FEATURE_VIEWS
-    from mlops_assets.training.dataset import model_features
-
-    return model_features(task, [FEATURE_VIEWS[name] for name in task.source.feature_views])
-
-
-def train_and_score(splits: dict[str, pl.DataFrame], task: TaskConfig, features: list[str]) -> dict[str, Any]:
-    """Tune under the task's budget on train/validation, then score the test months once."""
-    from mlops_assets.evaluation.metrics import binary_metrics
-    from mlops_assets.training.tuning import train_candidate
-
-    waited = wait_for_quiet(QUIET_WAIT_LIMIT_S)
-    with OtherLoad() as others:
-        started = time.perf_counter()
-        candidate = train_candidate(splits["train"], splits["validation"], task, features)
-        seconds = time.perf_counter() - started
-    other_cores = others.cpu_s() / seconds
+    candidate = train_candidate(splits["train"], splits["validation"], project, features)
+    seconds = time.perf_counter() - started
     test = splits["test"]
-    probability = candidate.model.predict(test.to_pandas())
-    metrics = binary_metrics(test[task.label].to_numpy(), probability, task.threshold)
-    return {
-        "n_features": len(features), "features": features, "test_auc": metrics["auc"],
-        "test_pr_auc": metrics["pr_auc"], "test_log_loss": metrics["log_loss"], "test_metrics": metrics,
-        "validation_auc": candidate.validation_score, "trials": len(candidate.trials),
-        "trial_seconds": [t.seconds for t in candidate.trials], "best_iteration": candidate.best_iteration,
-        "best_params": candidate.params, "seconds": seconds, "other_processes_cores": other_cores,
-        "quiet_wait_s": waited,
-    }
+    probability = candidate.model.predict(test.select(features).to_pandas())
+    metrics = binary_metrics(test[project.label.name].to_numpy(), probability, project.threshold)
+    return {"features": len(features), "seconds": seconds, "candidate": candidate, "test": metrics}
 
 
-def evaluate_variants(frame: pl.DataFrame, task: TaskConfig) -> dict[str, dict[str, Any]]:
-    """Each variant once; a variant with exactly the features of an earlier one reuses its result."""
-    splits = {name: frame.filter(pl.col("split") == name) for name in ("train", "validation", "test")}
-    results: dict[str, dict[str, Any]] = {}
-    for key, variant in variant_tasks(task).items():
-        features = features_of(variant)
-        twin = next((k for k, r in results.items() if r["features"] == features), None)
-        if twin is not None:
-            results[key] = {**results[twin], "same_features_as": twin}
+def print_model(project: Project, training: pl.DataFrame, result: dict[str, Any]) -> None:
+    summary = split_summary(training)
+    print(f"\ntraining set: {training.height:,} rows x {training.width} columns, {result['features']} features")
+    for role in ("train", "validation", "test"):
+        s = summary[role]
+        print(f"   {role:<10} {s['rows']:>8,} rows, {s['first']}..{s['last']}")
+    candidate, tuning = result["candidate"], project.tuning
+    print(f"train_candidate: {len(candidate.trials)} trials (budget {tuning.n_trials} trials / "
+          f"{tuning.timeout_seconds:.0f} s, {tuning.max_rounds} rounds, early stopping {tuning.early_stopping_rounds}) "
+          f"in {result['seconds']:.1f} s")
+    for trial in candidate.trials:
+        print(f"   trial {trial.number}: validation {candidate.validation_metric} {trial.score:.4f}, "
+              f"{trial.best_iteration} rounds, {trial.seconds:.1f} s")
+    print(f"   best params: {', '.join(f'{k}={v:.3g}' for k, v in candidate.params.items())}; "
+          f"{candidate.best_iteration} rounds")
+    test = result["test"]
+    print(f"\ntest (Nov-Dec, {int(test['rows']):,} rows): AUC {test['auc']:.4f} (previous figure {PREVIOUS_AUC} with "
+          f"stale windows: {test['auc'] - PREVIOUS_AUC:+.4f}; goal >= {AUC_GOAL}); validation AUC "
+          f"{candidate.validation_score:.4f}; PR-AUC {test['pr_auc']:.4f}, log loss {test['log_loss']:.4f}, "
+          f"Brier {test['brier']:.4f}")
+
+
+# ---------------------------------------------------------------------------------- leakage audit
+
+
+@dataclass
+class Audit:
+    values: int = 0
+    mismatches: int = 0
+    leaked: int = 0
+    sensitive: int = 0
+    examples: list[str] = field(default_factory=list)
+
+
+def brute(a: Aggregation, inside: Sequence[dict[str, Any]], where: str | None) -> object:
+    """One aggregation over the events of a window, in known-at order, by the engine's documented rules."""
+    column = a.column
+    if a.function == "share":
+        known = [e for e in inside if e[column] is not None]
+        return sum(1 for e in known if e[where]) / len(known) if known else None
+    flagged = [e for e in inside if (column is None or e[column] is not None) and (where is None or e[where])]
+    if a.function == "count":
+        return float(len(flagged))
+    if not flagged:
+        return None
+    if a.function == "last":
+        return flagged[-1][column]
+    values = [float(e[column]) for e in flagged]
+    if a.function == "sum":
+        return sum(values)
+    if a.function == "mean":
+        return sum(values) / len(values)
+    return min(values) if a.function == "min" else max(values)
+
+
+def window(events: Sequence[Event], times: Sequence[int], t_us: int, w_us: int) -> list[dict[str, Any]]:
+    """The events known in (t - w, t], found by a loop over the key's events around the window."""
+    lo = bisect.bisect_left(times, t_us - w_us - DAY_US)
+    hi = bisect.bisect_right(times, t_us + DAY_US)
+    return [e for known, e in events[lo:hi] if t_us - w_us < known <= t_us]
+
+
+class KeyWindows:
+    """One key's windows, each found once: the aggregations of a window share its events."""
+
+    def __init__(self, events: Sequence[Event], times: Sequence[int]) -> None:
+        self.events, self.times = events, times
+        self._cache: dict[tuple[int, int], list[dict[str, Any]]] = {}
+
+    def get(self, t_us: int, w_us: int) -> list[dict[str, Any]]:
+        if (t_us, w_us) not in self._cache:
+            self._cache[t_us, w_us] = window(self.events, self.times, t_us, w_us)
+        return self._cache[t_us, w_us]
+
+
+def key_events(project: Project, name: str, source: pl.DataFrame,
+               sample: pl.DataFrame) -> tuple[dict[tuple, tuple[list[int], list[Event]]], dict[str, str]]:
+    """The view's events from the prepared source rows of the sampled keys, per key, in (known-at, row)
+    order with their known-at times; and the where flags by name."""
+    view = project.feature_views[name]
+    keys, known_at = view_keys(project, name), view.known_at
+    assert known_at is not None
+    wheres = {a.where: f"__where{i}" for i, a in enumerate(view_aggregations(project, name)) if a.where}
+    columns = sorted({a.column for a in view_aggregations(project, name) if a.column})
+    frame = source.select(*keys, pl.col(known_at).dt.epoch("us").alias("__t"), *columns,
+                          *(pl.sql_expr(w).fill_null(False).alias(n) for w, n in wheres.items()))
+    frame = frame.join(sample.select(keys).unique().cast({k: frame.schema[k] for k in keys}), on=keys, how="semi",
+                       maintain_order="left")
+    by_key: dict[tuple, list[Event]] = {}
+    for row in frame.iter_rows(named=True):
+        key = tuple(row[k] for k in keys)
+        if row["__t"] is None or any(k is None for k in key):
             continue
-        results[key] = train_and_score(splits, variant, features)
-    return results
+        by_key.setdefault(key, []).append((row["__t"], row))
+    out = {}
+    for key, events in by_key.items():
+        events.sort(key=lambda e: e[0])  # stable: equal known-at keep the source's row order
+        out[key] = ([known for known, _ in events], events)
+    return out, wheres
 
 
-def view_timestamp_audit(joined: pl.DataFrame, view: FeatureView, timestamp: str) -> dict[str, int]:
-    """Rows whose joined value was known after the prediction time, or is older than the view's TTL."""
-    from mlops_assets.features.pit import event_ts_column
+def audit_view(project: Project, name: str, source: pl.DataFrame, sample: pl.DataFrame, audit: Audit) -> None:
+    by_key, wheres = key_events(project, name, source, sample)
+    keys = view_keys(project, name)
+    aggregations = view_aggregations(project, name)
+    for row in sample.iter_rows(named=True):
+        key = tuple(row[k] for k in keys)
+        times, events = ([], []) if any(k is None for k in key) else by_key.get(key, ([], []))
+        t_us = row["__t_us"]
+        later = times[bisect.bisect_right(times, t_us):bisect.bisect_right(times, t_us + DAY_US)]
+        at = KeyWindows(events, times)
+        for a in aggregations:
+            where = wheres.get(a.where) if a.where else None
+            exact, value = brute(a, at.get(t_us, a.window_us), where), row[a.name]
+            audit.values += 1
+            if later and not same_value(brute(a, at.get(later[0], a.window_us), where), exact):
+                audit.sensitive += 1
+            if same_value(value, exact):
+                continue
+            audit.mismatches += 1
+            leaked = any(same_value(value, brute(a, at.get(t2, a.window_us), where))
+                         for t2 in dict.fromkeys(later[:FUTURE_EVENTS]))
+            audit.leaked += leaked
+            if len(audit.examples) < 10:
+                audit.examples.append(f"{a.name} key={key} t={row[PREDICTION_TIME]}: training set {value!r}, brute "
+                                      f"force {exact!r}{' (= a value after t)' if leaked else ''}")
 
-    event_ts, at = pl.col(event_ts_column(view)), pl.col(timestamp)
-    stale = (at - event_ts > view.ttl) if view.ttl is not None else pl.lit(False)
-    counts = joined.select(matched=event_ts.is_not_null().sum(), after_prediction_time=(event_ts > at).sum(),
-                           beyond_ttl=stale.sum())
-    return {k: int(v) for k, v in counts.row(0, named=True).items()}
 
-
-def own_arrival_audit(lake: Lake, task: TaskConfig) -> dict[str, Any]:
-    """The label's own arrival must not be observable at prediction time, or the delay views could hold it."""
-    from mlops_assets.features.transforms import flight_events
-    from mlops_assets.training.dataset import label_flights
-
-    events = flight_events(lake.read_batches("flights"), timedelta(hours=task.prediction_lead_hours))
-    labelled = label_flights(events, task.delayed_minutes, task.drop_cancelled_and_diverted)
-    gap = labelled.select((pl.col("arrival_observed_at") - pl.col(task.timestamp)).alias("gap"))["gap"]
-    return {"labelled_flights": labelled.height,
-            "own_arrival_known_at_prediction_time": int((gap <= timedelta(0)).sum()),
-            "min_hours_from_prediction_to_own_arrival": gap.min().total_seconds() / 3600}
-
-
-def leakage_audit(lake: Lake, task: TaskConfig, frame: pl.DataFrame) -> dict[str, Any]:
-    """Re-join every stored view onto all training rows with event timestamps kept, then check them.
-
-    The re-joined feature values must equal the training set's, so the audit covers the very values
-    the models were trained and tested on.
-    """
-    from mlops_assets.features.pit import point_in_time_join
-    from mlops_assets.features.views import FEATURE_VIEWS
-
-    views = list(FEATURE_VIEWS.values())
-    keys = sorted({key for view in views for key in view.entity_keys})
+def leakage_audit(project: Project, prepared: dict[str, pl.DataFrame], training: pl.DataFrame, n: int,
+                  seed: int) -> tuple[Audit, int, float]:
     started = time.perf_counter()
-    stored = [(view, lake.read_view(view.name)) for view in views]
-    joined = point_in_time_join(frame.select(*keys, task.timestamp), stored, timestamp=task.timestamp,
-                                keep_event_timestamps=True)
-    features = [f for view in views for f in view.features]
-    per_view = {view.name: view_timestamp_audit(joined, view, task.timestamp) for view in views}
-    violations = sum(a["after_prediction_time"] + a["beyond_ttl"] for a in per_view.values())
-    same = joined.select(features).equals(frame.select(features))
-    return {"rows": joined.height, "seconds": time.perf_counter() - started, "views": per_view,
-            "violations": violations, "values_match_training_set": same, **own_arrival_audit(lake, task)}
+    picks = sorted(random.Random(seed).sample(range(training.height), n))
+    sample = training[picks].with_columns(pl.col(PREDICTION_TIME).dt.epoch("us").alias("__t_us"))
+    audit, views = Audit(), [v for v in project.used_views if not is_static(project, v)]
+    for name in views:
+        audit_view(project, name, prepared[project.feature_views[name].source], sample, audit)
+    return audit, len(views), time.perf_counter() - started
 
 
-def metadata(task: TaskConfig) -> dict[str, Any]:
-    return {"measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "python": platform.python_version(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "task_file": str(TASK_FILE), "tuning": task.tuning.model_dump(), "threshold": task.threshold,
-            "seed": "train_candidate default (7)",
-            "contention_method": "CPU time of every other process, sampled each second with psutil"}
-
-
-def print_table(results: dict[str, dict[str, Any]]) -> None:
-    print(f"{'variant':<52}{'feats':>6}{'test AUC':>9}{'PR-AUC':>8}{'logloss':>9}{'val AUC':>9}"
-          f"{'trials':>7}{'best it':>8}{'s':>7}{'other':>7}")
-    for key, label in VARIANTS.items():
-        r = results[key]
-        print(f"{label:<52}{r['n_features']:>6}{r['test_auc']:>9.4f}{r['test_pr_auc']:>8.4f}"
-              f"{r['test_log_loss']:>9.4f}{r['validation_auc']:>9.4f}{r['trials']:>7}{r['best_iteration']:>8}"
-              f"{r['seconds']:>7.1f}{r['other_processes_cores']:>7.2f}")
-    for key, label in VARIANTS.items():
-        twin = results[key].get("same_features_as")
-        if twin is not None:
-            print(f"   {label.split()[0]} has exactly the features of {VARIANTS[twin].split()[0]} "
-                  "(request features + weather + plane): trained once, same figures")
-    print("   'other' = CPU cores used by other processes on the machine during that training (contention)")
-    contended = [VARIANTS[k].split()[0] for k, r in results.items()
-                 if r["other_processes_cores"] > CONTENDED_CORES and "same_features_as" not in r]
-    if contended:
-        print(f"   NOTE: {', '.join(contended)} trained on a busy machine: the 90 s budget bought "
-              "fewer trials than on an idle one")
-    delta = results["a_all_features"]["test_auc"] - results["b_without_delay_views"]["test_auc"]
-    print(f"   trailing delay views add {delta:+.4f} test AUC; issue's reference "
-          f"'{ISSUE_REFERENCE['model']}': AUC {ISSUE_REFERENCE['test_auc']} ({ISSUE_REFERENCE['source']})")
-
-
-def print_audit(audit: dict[str, Any]) -> None:
-    verdict = "PASS" if audit["violations"] == 0 and audit["values_match_training_set"] else "FAIL"
-    print(f"\nLeakage sanity: {verdict} -- {audit['rows']:,} training rows (all of them, not a sample) "
-          f"re-joined with keep_event_timestamps=True in {audit['seconds']:.1f} s: {audit['violations']} "
-          "view values known after prediction_time or older than the TTL; re-joined values equal the "
-          f"training set's: {audit['values_match_training_set']}")
-    for name, view in audit["views"].items():
-        print(f"   {name:<24} matched {view['matched']:>7,}  after prediction_time "
-              f"{view['after_prediction_time']}  beyond TTL {view['beyond_ttl']}")
-    print(f"   own arrival observable at prediction time: {audit['own_arrival_known_at_prediction_time']} of "
-          f"{audit['labelled_flights']:,} labelled flights (earliest "
-          f"{audit['min_hours_from_prediction_to_own_arrival']:.2f} h after prediction time)")
-
-
-def print_header(meta: dict[str, Any], data: dict[str, Any]) -> None:
-    tuning, splits = meta["tuning"], data["shape"]["splits"]
-    print(f"Model quality benchmark: flights 2013, Python {meta['python']}, {meta['cpus']} CPUs; tuning per "
-          f"variant: {tuning['n_trials']} optuna trials or {tuning['timeout_seconds']:.0f} s, max "
-          f"{tuning['max_rounds']} rounds, early stopping {tuning['early_stopping_rounds']}")
-    seconds = data["build"]["seconds"]
-    print(f"Training set {data['build']['content_hash']}: {data['shape']['rows']:,} rows x "
-          f"{data['shape']['columns']} cols, built in {seconds['ingestion_job']:.1f} s (ingestion_job) + "
-          f"{seconds['feature_repository_job']:.1f} s (feature_repository_job)")
-    for name in ("train", "validation", "test"):
-        split = splits[name]
-        print(f"   {name:<11}{split['rows']:>8,} rows  months {split['months']}  "
-              f"delayed {split['positive_rate']:.1%}")
-    print()
-
-
-def report(keep: bool) -> None:
-    """Build the training set on a throwaway platform, train the variants, audit, print and write JSON."""
-    root = Path(tempfile.mkdtemp(prefix="mlops_quality_bench_"))
-    try:
-        lake, task, frame, build = build_training_set(root)
-        data = {"build": build, "shape": describe(frame, task)}
-        meta = metadata(task)
-        print_header(meta, data)
-        results = evaluate_variants(frame, task)
-        print_table(results)
-        audit = leakage_audit(lake, task, frame)
-        print_audit(audit)
-    finally:
-        if keep:
-            print(f"kept the platform in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    payload = {"meta": meta, "training_set": data, "variants": results, "leakage_audit": audit,
-               "issue_reference": ISSUE_REFERENCE}
-    RESULTS_PATH.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS_PATH.write_text(json.dumps(payload, indent=2) + "\n")
-    print(f"\nwrote {RESULTS_PATH.relative_to(PROJECT_ROOT)}")
+def print_audit(audit: Audit, rows: int, views: int, seconds: float) -> None:
+    print(f"\nleakage audit: {rows} random training-set rows x every aggregation of the {views} windowed views = "
+          f"{audit.values:,} values recomputed by brute force ({seconds:.1f} s)")
+    print(f"   mismatches with the training set: {audit.mismatches}")
+    print(f"   values that would have used an event known after t: {audit.leaked}")
+    print(f"   (values that differ as of the key's next event known after t: {audit.sensitive:,} of "
+          f"{audit.values:,} -- the audit would have seen a leak there)")
+    for example in audit.examples:
+        print(f"   {example}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--keep", action="store_true", help="keep the temporary platform folder")
-    report(parser.parse_args().keep)
+    parser.add_argument("--sample", type=int, default=SAMPLE, help=f"rows in the leakage audit (default {SAMPLE})")
+    parser.add_argument("--seed", type=int, default=SEED)
+    args = parser.parse_args()
+    logging.disable(logging.WARNING)
+    warnings.filterwarnings("ignore")
+    start_load = load_average()
+    print(f"model quality, flights 2013 (exact windows); {machine_line()}")
+    project = flights_project()
+    spec = project.spec
+    started = time.perf_counter()
+    prepared, events = prepared_and_events(project)
+    training = build_training_set(project, prepared, events)
+    print(f"training set built from data in {time.perf_counter() - started:.1f} s")
+    result = train_and_test(spec, training)
+    train_load = load_average()
+    print_model(spec, training, result)
+    audit, views, seconds = leakage_audit(spec, prepared, training, args.sample, args.seed)
+    print_audit(audit, args.sample, views, seconds)
+    print(f"\nload average (1, 5, 15 min): {start_load} at start, {train_load} after training, "
+          f"{load_average()} at the end")
+    auc = result["test"]["auc"]
+    print_goals([
+        (f"test AUC >= {AUC_GOAL} (previous {PREVIOUS_AUC}, stale windows; now {auc:.4f})", auc >= AUC_GOAL),
+        ("leakage audit: brute-force mismatches == 0", audit.mismatches == 0),
+        ("leakage audit: values using an event known after t == 0", audit.leaked == 0),
+    ])
 
 
 if __name__ == "__main__":

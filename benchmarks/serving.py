@@ -4,14 +4,17 @@ Same registered model version, same machine, same worker count, the same real fl
 a time, loaded by ``wrk`` (8 connections, 2 threads, 20 s by default) with a Lua script that rotates
 through JSON bodies and prints latency percentiles as JSON (``serving_wrk/post_json.lua``):
 
-- ours: ``POST /v1/predict`` with the flight as a client knows it (online-store feature lookup, model,
-  prediction-log record per row), then ``/v1/predict/batch`` with 100 flights;
+- ours: ``POST /v1/predict`` with the flight as a client knows it (the flights project's request
+  fields: online-store feature lookup, model, prediction-log record per row), then
+  ``/v1/predict/batch`` with 100 flights;
 - MLflow: ``POST /invocations`` with the *feature vector* of the same flights (``dataframe_split``,
   taken from the training set): no lookup and no logging, so it does strictly less work per row.
 
-Needs a champion and an online store in the state folder (``MLOPS_STATE_DIR``, default
-``.mlops_state``: run ``make run`` first). Our prediction log goes to a temporary folder, so
-monitoring data is untouched; its records are counted against the requests wrk saw answered.
+Needs a champion and an online store of the flights project (``projects/flights/project.yaml``)
+in the state folder (``MLOPS_STATE_DIR``, default ``.mlops_state/flights``: run ``make run`` first,
+or ``benchmarks/continuous_training.py --keep``). Our service runs with that project file
+(``MLOPS_PROJECT``); its prediction log goes to a temporary folder, so monitoring data is
+untouched; its records are counted against the requests wrk saw answered.
 
     .venv/bin/python benchmarks/serving.py [--duration 20] [--connections 8] [--workers 1 2]
 
@@ -42,16 +45,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import polars as pl
+
+if TYPE_CHECKING:
+    from mlops_assets.project.spec import RequestFieldSpec
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = ROOT / "benchmarks" / "results" / "serving.json"
 LUA_SCRIPT = ROOT / "benchmarks" / "serving_wrk" / "post_json.lua"
 HOST = "127.0.0.1"
 WRK_MARK = "WRK_JSON "
-REQUEST_FIELDS = ["carrier", "flight", "tailnum", "origin", "dest", "scheduled_departure", "distance"]
+PROJECT = "flights"
+PROJECT_FILE = ROOT / "projects" / PROJECT / "project.yaml"
 READY_TIMEOUT_S, STOP_TIMEOUT_S = 180.0, 60.0
 GOAL_RATIO, GOAL_P99_MS = 3.0, 15.0
 REFERENCE_MLFLOW_REQ_S = {1: 343.0, 2: 685.0}  # the issue's figures (MLflow 3.17, LightGBM, wrk, 8 conns)
@@ -63,13 +70,15 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 @dataclass(frozen=True)
 class Champion:
-    """The registered version both servers serve, where its registry lives, and its input columns."""
+    """The registered version both servers serve, where its registry lives, its input columns, and the
+    request fields a client sends (the project's declaration)."""
 
     name: str
     version: str
     tracking_uri: str
     features: list[str]
     categorical: frozenset[str]
+    request_fields: dict[str, RequestFieldSpec]
 
 
 @dataclass
@@ -106,7 +115,8 @@ def fail(message: str) -> NoReturn:
 
 
 def state_folder() -> Path:
-    return Path(os.environ.get("MLOPS_STATE_DIR", ROOT / ".mlops_state")).resolve()
+    """MLOPS_STATE_DIR exactly, else the flights project's default state folder."""
+    return Path(os.environ.get("MLOPS_STATE_DIR") or ROOT / ".mlops_state" / PROJECT).resolve()
 
 
 def tracking_uri(state: Path) -> str:
@@ -117,26 +127,28 @@ def tracking_uri(state: Path) -> str:
 def find_champion(state: Path) -> Champion:
     """The champion's version and input columns; never creates a store (a client on a missing
     SQLite file would create an empty one)."""
-    hint = f"run `make run` first (state folder {state}; set MLOPS_STATE_DIR to use another)"
+    hint = (f"run `MLOPS_PROJECT={PROJECT} make run` first (state folder {state}; "
+            "set MLOPS_STATE_DIR to use another)")
     uri = tracking_uri(state)
     if not (state / "online_store.db").is_file():
         fail(f"no online store at {state / 'online_store.db'}: {hint}")
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         fail(f"no MLflow store at {uri}: {hint}")
     from mlflow import MlflowClient
-    from mlops_assets.task import load_task
 
+    from mlops_assets.project.loading import load_project
     from mlops_assets.registry.registry import CHAMPION, alias_version
     from mlops_assets.serving.models import load_version
-    from mlops_assets.settings import task_path
 
-    name = load_task(task_path()).model_name
+    spec = load_project(PROJECT_FILE).spec
+    name = spec.model_name
     client = MlflowClient(tracking_uri=uri, registry_uri=os.environ.get("MLFLOW_REGISTRY_URI") or uri)
     champion = alias_version(client, name, CHAMPION)
     if champion is None:
         fail(f"no champion for {name} in {uri}: {hint}")
     model = load_version(client, name, champion)
-    return Champion(name, champion, uri, list(model.features), frozenset(model.categorical_levels))
+    return Champion(name, champion, uri, list(model.features), frozenset(model.categorical_levels),
+                    dict(spec.request.fields))
 
 
 def test_flights(state: Path, count: int) -> pl.DataFrame:
@@ -147,16 +159,22 @@ def test_flights(state: Path, count: int) -> pl.DataFrame:
     try:
         frame, _ = read_training_set(Lake(root=state, data_dir=DATA_DIR))
     except FileNotFoundError as exc:
-        fail(f"{exc}: run `make run` first")
+        fail(f"{exc}: run `MLOPS_PROJECT={PROJECT} make run` first")
     test = frame.filter(pl.col("split") == "test")
     return test.sample(min(count, test.height), seed=13, shuffle=True)
 
 
-def ours_instance(row: dict[str, Any]) -> dict[str, Any]:
-    """A flight as a client sends it: ISO departure (UTC), float distance."""
-    instance = {k: row[k] for k in REQUEST_FIELDS}
-    instance["scheduled_departure"] = row["scheduled_departure"].isoformat()
-    instance["distance"] = float(row["distance"])
+def ours_instance(row: dict[str, Any], fields: dict[str, RequestFieldSpec]) -> dict[str, Any]:
+    """A flight as a client sends it: the project's request fields, JSON-typed as declared (datetimes
+    as ISO 8601 with their UTC offset, floats as floats); an optional field the row lacks is null."""
+    instance: dict[str, Any] = {}
+    for name, spec in fields.items():
+        value = row.get(name)
+        if value is not None and spec.type in {"datetime", "date"}:
+            value = value.isoformat()
+        elif value is not None and spec.type in {"float", "int"}:
+            value = float(value) if spec.type == "float" else int(value)
+        instance[name] = value
     return instance
 
 
@@ -174,9 +192,10 @@ def write_bodies(bench: Bench) -> None:
     args, size = bench.args, bench.args.batch_size
     rows = test_flights(bench.state, max(args.flights, size * args.batches)).to_dicts()
     batches = [rows[i * size : (i + 1) * size] for i in range(args.batches)]
+    fields = bench.champion.request_fields
     bodies = {
-        ("ours", "single"): [ours_instance(r) for r in rows[: args.flights]],
-        ("ours", batch_mode(args)): [{"instances": [ours_instance(r) for r in b]} for b in batches],
+        ("ours", "single"): [ours_instance(r, fields) for r in rows[: args.flights]],
+        ("ours", batch_mode(args)): [{"instances": [ours_instance(r, fields) for r in b]} for b in batches],
         ("mlflow", "single"): [mlflow_body([r], bench.champion) for r in rows[: args.flights]],
         ("mlflow", batch_mode(args)): [mlflow_body(b, bench.champion) for b in batches],
     }
@@ -503,9 +522,11 @@ def log_check(counts: Counter[str], results: list[dict], args: argparse.Namespac
 
 
 def child_env(bench_state: Path, uri: str, workdir: Path) -> dict[str, str]:
-    """Both servers see the same stores; the venv's bin first (mlflow serve execs `uvicorn`)."""
+    """Both servers see the same stores and our service the flights project; the venv's bin first
+    (mlflow serve execs `uvicorn`)."""
     env = {
         **os.environ,
+        "MLOPS_PROJECT": str(PROJECT_FILE),
         "MLOPS_STATE_DIR": str(bench_state),
         "MLFLOW_TRACKING_URI": uri,
         "PYTHONUNBUFFERED": "1",
@@ -664,6 +685,10 @@ def busy_cores(seconds: float = 1.0) -> float:
     return (machine_busy_seconds() - before) / seconds
 
 
+def load_text(load: tuple[float, float, float]) -> str:
+    return " ".join(f"{x:.2f}" for x in load)
+
+
 def interrupted(signum: int, _frame: object) -> None:
     """SIGTERM unwinds like Ctrl-C, so every `finally` stops its server."""
     raise SystemExit(128 + signum)
@@ -675,7 +700,7 @@ def main(argv: list[str] | None = None) -> int:
         fail("wrk is not installed; on Debian/Ubuntu: `sudo apt-get update && sudo apt-get install -y wrk`")
     signal.signal(signal.SIGTERM, interrupted)
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
-    started, state = time.perf_counter(), state_folder()
+    started, state, load_before = time.perf_counter(), state_folder(), os.getloadavg()
     champion = find_champion(state)
     print(f"{champion.name} v{champion.version} from {champion.tracking_uri}", flush=True)
     busy_before = busy_cores()
@@ -688,12 +713,16 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     print_verdicts(verdicts, checks)
     shared = warn_if_shared(results, busy_before)
+    load_after = os.getloadavg()
+    print(f"load average (1, 5, 15 min) on {os.cpu_count()} CPUs: before {load_text(load_before)}, "
+          f"after {load_text(load_after)}")
     report = {
         "benchmark": "serving",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         **settings(bench),
         "notes": NOTES,
         "busy_cores_before": round(busy_before, 2),
+        "load_average": {"before": load_text(load_before), "after": load_text(load_after)},
         "warnings": shared,
         "results": results,
         "goals": {str(n): v for n, v in verdicts.items()},

@@ -218,72 +218,82 @@ def land(path: Path, table: str, period: str) -> int:
     return 0
 
 
-def replay(month: str) -> int:
-    """Send the month's scheduled flights through the in-process service, then table the log."""
+def replay(period: str) -> int:
+    """Send the period's examples through the in-process service (events pushed as they become known),
+    then table the log."""
     from mlops_assets.lake import Lake
-    from mlops_assets.monitoring.replay import replay_month
-    from mlops_assets.resources import TaskResource
+    from mlops_assets.monitoring.replay import replay_period
+    from mlops_assets.partitions import period_key
     from mlops_assets.serving.config import from_env
-    from mlops_assets.settings import DATA_DIR
-    from mlops_assets.tracking import MlflowResource
+    from mlops_assets.settings import DATA_DIR, default_tracking_uri
 
-    root = state_dir()
-    config = from_env(state_dir=root, online_store_path=root / "replay" / "online_store.db",
-                      tracking_uri=MlflowResource().tracking_uri)
-    result = replay_month(Lake(root, DATA_DIR), month, config, TaskResource().get())
-    print(f"replayed {result.requests} flights of {month} over {result.days} days; failed batches: {result.failures}")
-    return 1 if result.failures else materialize_month(["prediction_log"], month)
+    project, root = _project(), state_dir()
+    config = from_env(state_dir=root, tracking_uri=default_tracking_uri())
+    result = replay_period(Lake(root, DATA_DIR), project, period_key(period, project.spec.granularity), config)
+    print(f"replayed {result.requests} examples of {period} in {result.slices} time slices, {sum(result.events.values())} events "
+          f"pushed; failed batches: {result.failures}")
+    return 1 if result.failures else materialize_period(["prediction_log"], period)
 
 
-def materialize_month(assets: list[str], month: str) -> int:
-    """Materialize monthly assets for one month in the state folder's Dagster instance."""
+def materialize_period(assets: list[str], period: str) -> int:
+    """Materialize periodic assets for one period in the state folder's Dagster instance."""
     from dagster import AssetKey, DagsterInstance
 
     from mlops_assets.definitions import build_definitions
+    from mlops_assets.partitions import period_key
 
+    key = period_key(period, _project().spec.granularity)
     ensure_dagster_home()
     job = build_definitions().resolve_implicit_global_asset_job_def()
-    run = job.execute_in_process(instance=DagsterInstance.get(), partition_key=f"{month}-01", raise_on_error=False,
+    run = job.execute_in_process(instance=DagsterInstance.get(), partition_key=key, raise_on_error=False,
                                  asset_selection=[AssetKey(a) for a in assets])
-    print(f"{', '.join(assets)} {month}: {'succeeded' if run.success else 'failed'} (run {run.run_id})")
+    print(f"{', '.join(assets)} {period}: {'succeeded' if run.success else 'failed'} (run {run.run_id})")
     return 0 if run.success else 1
 
 
-def story(initial: str, months: str) -> int:
-    """Initial months and a champion, then later months one by one, unattended (see automation/story.py)."""
+def story(initial: str, periods: str) -> int:
+    """Initial periods and a champion, then later periods one by one, unattended (see automation/story.py)."""
     from dagster import DagsterInstance
 
     from mlops_assets.automation.story import Story
     from mlops_assets.definitions import build_definitions
     from mlops_assets.serving.config import from_env
-    from mlops_assets.tracking import MlflowResource
+    from mlops_assets.settings import default_tracking_uri
 
     if run_pipeline(initial) != 0:
         return 1
-    root = state_dir()
+    project, root = _project(), state_dir()
     defs = build_definitions()
     lake = defs.resources["lake"].get()
-    config = from_env(state_dir=root, online_store_path=root / "replay" / "online_store.db",
-                      tracking_uri=MlflowResource().tracking_uri)
+    config = from_env(state_dir=root, tracking_uri=default_tracking_uri())
     teller = Story(defs, DagsterInstance.get(), config, print)
-    first, _, last = months.partition("..")
-    for month in _months_between(first, last or first):
-        teller.month(month, lambda m: _deliver(lake, m))
+    for period in periods_between(project, periods):
+        teller.period(period, lambda p: deliver(lake, project, p))
     print(where_to_look())
     return 0
 
 
-def _months_between(first: str, last: str) -> list[str]:
-    (y1, m1), (y2, m2) = (tuple(int(p) for p in x.split("-")) for x in (first, last))
-    return [f"{y}-{m:02d}" for y in range(y1, y2 + 1) for m in range(1, 13) if (y1, m1) <= (y, m) <= (y2, m2)]
+def periods_between(project, spec: str) -> list[str]:
+    """The period labels of a range P..P, in order."""
+    from mlops_assets.partitions import period_label, period_partitions
+
+    first, last = _period_range(spec, project.spec.granularity)
+    keys = period_partitions(project.spec).get_partition_keys()
+    return [period_label(k, project.spec.granularity) for k in keys if first <= k <= last]
 
 
-def _deliver(lake, month: str) -> None:
-    """The upstream system delivers the month as a parquet file in the landing folder."""
-    path = lake.root / "deliveries" / f"flights_{month}.parquet"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lake.embedded_month("flights", month).write_parquet(path)
-    lake.land(path, "flights", month)
+def deliver(lake, project, period: str) -> None:
+    """The upstream system delivers the period of every periodic source as a parquet file in the landing folder."""
+    from mlops_assets.ingestion.batches import embedded_period
+    from mlops_assets.partitions import period_bounds, period_key
+
+    spec = project.spec
+    for source in spec.periodic_sources:
+        bounds = period_bounds(period_key(period, spec.granularity), spec.granularity, spec.sources[source].time_zone)
+        path = lake.root / "deliveries" / f"{source}_{period}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        embedded_period(project, source, *bounds).write_parquet(path)
+        lake.land(path, source, period)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -301,15 +311,16 @@ def main(argv: list[str] | None = None) -> int:
     pushing = sub.add_parser("push", help="push events of a source (JSON lines, CSV, parquet) to the online store")
     pushing.add_argument("path", type=Path)
     pushing.add_argument("--source", required=True, help="the source the events belong to")
-    replaying = sub.add_parser("replay", help="send a month of scheduled flights through the service")
-    replaying.add_argument("--month", required=True, help="YYYY-MM")
-    labels = sub.add_parser("land-labels", help="land a month's ground truth (arrivals)")
-    labels.add_argument("--month", required=True, help="YYYY-MM")
-    monitor = sub.add_parser("monitor", help="drift, skew, live performance and A/B reports for a month")
-    monitor.add_argument("--month", required=True, help="YYYY-MM")
-    telling = sub.add_parser("story", help="the unattended loop: initial months, then months landing one by one")
-    telling.add_argument("--initial", default="2013-01..2013-06", help="months ingested before the story")
-    telling.add_argument("--months", default="2013-07..2013-09", help="months that land one by one")
+    replaying = sub.add_parser("replay", help="send a period's examples through the service, events pushed live")
+    replaying.add_argument("--period", "--month", dest="period", required=True)
+    labels = sub.add_parser("land-labels", help="land a period's ground truth (labels arrive later)")
+    labels.add_argument("--period", "--month", dest="period", required=True)
+    monitor = sub.add_parser("monitor", help="drift, skew, live performance and A/B reports for a period")
+    monitor.add_argument("--period", "--month", dest="period", required=True)
+    telling = sub.add_parser("story", help="the unattended loop: initial periods, then periods landing one by one")
+    telling.add_argument("--initial", default="2013-01..2013-06", help="periods ingested before the story")
+    telling.add_argument("--periods", "--months", dest="periods", default="2013-07..2013-09",
+                         help="periods that land one by one")
     ui = sub.add_parser("mlflow-ui", help="the MLflow UI on the profile's store, on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     sub.add_parser("init", help="create the Dagster home in the state folder and print it")
@@ -331,13 +342,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "push":
         return push(args.path, args.source)
     if args.command == "story":
-        return story(args.initial, args.months)
+        return story(args.initial, args.periods)
     if args.command == "replay":
-        return replay(args.month)
+        return replay(args.period)
     if args.command == "land-labels":
-        return materialize_month(["ground_truth"], args.month)
+        return materialize_period(["ground_truth"], args.period)
     if args.command == "monitor":
-        return materialize_month(list(MONITORS), args.month)
+        return materialize_period(list(MONITORS), args.period)
     if args.command == "mlflow-ui":
         return mlflow_ui(args.port)
     print(ensure_dagster_home())

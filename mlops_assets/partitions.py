@@ -58,3 +58,9 @@ def period_key(label: str, granularity: Granularity) -> str:
     if granularity == "month" and start.day != 1:
         raise ValueError(f"{label} is not a month; write YYYY-MM")
     return key
+
+
+def example_period_bounds(project: Project, partition_key: str) -> tuple[datetime, datetime]:
+    """A period of examples (served, scored, labelled) on the calendar of the examples' source, in UTC."""
+    start, end = period_bounds(partition_key, project.granularity, project.sources[project.examples.source].time_zone)
+    return start.astimezone(UTC), end.astimezone(UTC)

@@ -26,7 +26,8 @@ import httpx
 import pytest
 import yaml
 
-from mlops_assets.settings import PROJECT_ROOT, TASKS_DIR
+from mlops_assets.settings import PROJECT_ROOT
+from mlops_assets_tests.projects import project_copy
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
@@ -70,18 +71,16 @@ def browser_available() -> None:
 def platform_env(tmp_path: Path) -> dict[str, str]:
     """Own state folder and Dagster home, small tuning, and a champion made by the main command."""
     state = tmp_path / "state"
-    task = yaml.safe_load((TASKS_DIR / "flights.yaml").read_text())
-    task["tuning"].update(n_trials=1, max_rounds=60, early_stopping_rounds=10)
-    task["split"].update(test_months=1, validation_months=1)
-    task["gate"]["min_slice_rows"] = 300
-    (tmp_path / "task.yaml").write_text(yaml.safe_dump(task))
+    project = project_copy("flights", tmp_path / "project.yaml", **{
+        "split.test": 1, "split.validation": 1, "split.min_rows": 300, "gate.min_slice_rows": 300})
+    model_name = yaml.safe_load(project.read_text())["model_name"]
     env = {**os.environ, "MLOPS_STATE_DIR": str(state), "DAGSTER_HOME": str(state / "dagster_home"),
-           "MLOPS_TASK": str(tmp_path / "task.yaml"), "MLOPS_PROFILE": "embedded",
+           "MLOPS_PROJECT": str(project), "MLOPS_PROFILE": "embedded",
            "MLOPS_EXECUTOR": "in_process", "PYTHONUNBUFFERED": "1"}
-    done = subprocess.run([sys.executable, "-m", "mlops_assets", "run", "--months", MONTHS], env=env,
+    done = subprocess.run([sys.executable, "-m", "mlops_assets", "run", "--periods", MONTHS], env=env,
                           cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"Champion: {task['model_name']} version 1" in done.stdout, done.stdout[-2000:]
+    assert f"Champion: {model_name} version 1" in done.stdout, done.stdout[-2000:]
     # What the UI's "Skip" writes: otherwise a newsletter dialog pops up over the page at a random
     # moment (once a query returns) and closes whatever menu is open.
     nux = state / "dagster_home" / ".nux" / "nux.yaml"

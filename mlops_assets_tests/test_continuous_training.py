@@ -11,6 +11,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from mlops_assets.lake import read_training_set
 from mlops_assets.registry import registry
 from mlops_assets.settings import DATA_DIR
 from mlops_assets_tests.pipeline_env import PipelineEnv
@@ -162,3 +163,24 @@ def test_batch_predictions_score_every_flight_of_the_month_with_the_champion(env
     assert scored.height == lake.read_batches("flights", ["2013-03"]).height  # cancelled flights are scored too
     assert scored["model_version"].unique().to_list() == [champion]
     assert scored["probability"].is_between(0, 1).all()
+
+
+def test_a_month_after_the_committed_data_lands_and_retrains_a_gated_model(env: PipelineEnv, tmp_path: Path) -> None:
+    """2014-01 (January 2013 shifted by a year) lands in the open-ended calendar and flows through features
+    to a retrained model that the gate judges."""
+    c = client(env)
+    versions_before = len(c.search_model_versions(f"name='{MODEL}'"))
+    lake = env.resources["lake"].get()
+    for source in ("flights", "weather"):  # the upstream system delivers both sources of the month
+        january = pl.scan_parquet(DATA_DIR / f"{source}.parquet").filter(pl.col("month") == 1).collect()
+        january.with_columns(pl.col("year") + 1, pl.col("time_hour").dt.offset_by("1y")).write_parquet(
+            tmp_path / f"{source}-2014-01.parquet")
+        lake.land(tmp_path / f"{source}-2014-01.parquet", source, "2014-01")
+    result = env.run("landed_period_job", tags={"dagster/partition": "2014-01-01"})
+    assert "2014-01" in lake.available_periods("flights")
+    frame, _ = read_training_set(lake)
+    assert "2014-01" in frame.filter(pl.col("split") == "test")["period"].unique().to_list()
+    newest = c.get_model_version(MODEL, str(versions_before + 1))
+    assert newest.tags["blessed"] in {"true", "false"} and "blessing_reasons" in newest.tags
+    champion = registry.alias_version(c, MODEL, registry.CHAMPION)
+    assert result.success == (champion == newest.version)

@@ -34,7 +34,7 @@ LOCKED = "database is locked"
 def _profile_env(tmp_path: Path, selected: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     state = tmp_path / "state"
     env = {**os.environ, "MLOPS_STATE_DIR": str(state), "DAGSTER_HOME": str(state / "dagster_home"),
-           "MLOPS_EXECUTOR": "multiprocess", "MLOPS_PROFILE": selected, "MLOPS_TASK": "flights"}
+           "MLOPS_EXECUTOR": "multiprocess", "MLOPS_PROFILE": selected, "MLOPS_PROJECT": "flights"}
     env.pop("MLOPS_DAGSTER_POSTGRES_URL", None)
     if selected == "postgres":
         monkeypatch.setenv("MLOPS_POSTGRES_URL", SERVER)
@@ -130,5 +130,5 @@ def test_months_backfill_in_parallel_within_the_run_queue(
 
     warehouse = Path(env["MLOPS_STATE_DIR"]) / "warehouse"
     for table in ("flights", "weather"):
-        landed = sorted(p.parent.name for p in (warehouse / table).glob("month=*/data.parquet"))
+        landed = sorted(p.parent.name for p in (warehouse / table).glob("period=*/data.parquet"))
         assert len(landed) == len(MONTHS) + len(TRAINING_MONTHS), landed

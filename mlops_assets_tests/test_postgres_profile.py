@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from mlops_assets.settings import PROJECT_ROOT
+from mlops_assets_tests.projects import project_copy
 
 SERVER = os.environ.get("MLOPS_TEST_POSTGRES_URL", "")
 pytestmark = [pytest.mark.postgres, pytest.mark.skipif(not SERVER, reason="MLOPS_TEST_POSTGRES_URL not set")]
@@ -31,11 +32,9 @@ def test_main_command_on_postgres_profile(tmp_path: Path, scratch_postgres: str)
     env = {**os.environ, "MLOPS_PROFILE": "postgres", "MLOPS_POSTGRES_URL": SERVER,
            "MLOPS_STATE_DIR": str(tmp_path / "state"), "DAGSTER_HOME": str(tmp_path / "state" / "dagster_home")}
     env.pop("MLOPS_DAGSTER_POSTGRES_URL", None)
-    task = tmp_path / "task.yaml"
-    task.write_text((PROJECT_ROOT / "mlops_assets" / "tasks" / "flights.yaml").read_text()
-                    .replace("n_trials: 6", "n_trials: 1").replace("max_rounds: 1000", "max_rounds: 60"))
-    env["MLOPS_TASK"] = str(task)
-    done = subprocess.run([sys.executable, "-m", "mlops_assets", "run", "--months", "2013-01..2013-04"],
+    env["MLOPS_PROJECT"] = str(project_copy("flights", tmp_path / "project.yaml", **{"split.min_rows": 300,
+                                                                                    "gate.min_slice_rows": 300}))
+    done = subprocess.run([sys.executable, "-m", "mlops_assets", "run", "--periods", "2013-01..2013-04"],
                           env=env, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = dict(query("mlops_dagster", "SELECT run_id, status FROM runs ORDER BY create_timestamp DESC LIMIT 2"))

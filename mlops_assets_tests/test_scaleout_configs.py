@@ -209,7 +209,7 @@ def _k8s_jobs(monkeypatch: pytest.MonkeyPatch) -> list[dg.JobDefinition]:
 def test_run_config_fits_every_job_on_the_k8s_executor(monkeypatch: pytest.MonkeyPatch) -> None:
     run_config = _load(K8S_DIR / "run_config.yaml")
     jobs = _k8s_jobs(monkeypatch)
-    assert {j.name for j in jobs} >= {"continuous_training_job", "landed_month_job", "ingestion_job", "approve_model"}
+    assert {j.name for j in jobs} >= {"continuous_training_job", "landed_period_job", "ingestion_job", "approve_model"}
     step_names: set[str] = set()
     for job in jobs:
         assert job.executor_def is k8s_job_executor, job.name
@@ -256,9 +256,9 @@ def test_helm_values_deploy_the_mlops_assets_code_location() -> None:
     values = _load(K8S_DIR / "values.yaml")
     (deployment,) = values["dagster-user-deployments"]["deployments"]
     assert values["dagster-user-deployments"]["enabled"] is True
-    assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "mlops_assets"]
+    assert deployment["dagsterApiGrpcArgs"] == ["--module-name", "mlops_assets.definitions"]
     pyproject = (PROJECT_ROOT / "pyproject.toml").read_text()
-    assert 'module_name = "mlops_assets"' in pyproject  # the module `dagster dev` loads too
+    assert 'module_name = "mlops_assets.definitions"' in pyproject  # the module `dagster dev` loads too
     assert deployment["image"]["repository"] == "ghcr.io/your-org/mlops-assets"
     assert "postgresqlPassword" not in values["postgresql"] or not values["postgresql"]["postgresqlPassword"]
     assert values["generatePostgresqlPasswordSecret"] is False and values["global"]["postgresqlSecretName"]

@@ -1,4 +1,5 @@
-"""The loop, proven on a real Dagster instance through the sensors' own evaluation APIs.
+"""The loop, proven on a real Dagster instance through the sensors' own evaluation APIs, on the
+second example project (daily weather, regression) so it runs in seconds; flights takes the same path.
 
 A month lands -> ingested and validated -> predictions replayed through the service -> labels
 land -> drift, skew and performance computed -> monitors call for retraining -> challenger
@@ -19,12 +20,14 @@ from mlops_assets.automation.sensors import (
     monitor_retraining_sensor,
     run_failure_alert,
 )
-from mlops_assets.monitoring.replay import replay_month
+from mlops_assets.ingestion.batches import embedded_period
+from mlops_assets.monitoring.replay import replay_period
+from mlops_assets.partitions import period_bounds
 from mlops_assets.registry import registry
 from mlops_assets.serving.config import from_env
 from mlops_assets_tests.pipeline_env import PipelineEnv
 
-MODEL = "flights_arrival_delay"
+MODEL = "daily_max_temperature"
 MONITORS = ["prediction_log", "ground_truth", "drift_report", "skew_report", "model_performance", "ab_test_report"]
 
 
@@ -39,44 +42,47 @@ def launch(env: PipelineEnv, job: str, request: dg.RunRequest) -> dg.ExecuteInPr
 
 
 def land(env: PipelineEnv, tmp: Path, month: str, broken: bool = False) -> None:
-    lake = env.resources["lake"].get()
-    batch = lake.embedded_month("flights", month)
-    (batch.drop("carrier") if broken else batch).write_parquet(tmp / f"{month}.parquet")
-    lake.land(tmp / f"{month}.parquet", "flights", month)
+    lake, project = env.resources["lake"].get(), env.resources["project"].get()
+    batch = embedded_period(project, "weather", *period_bounds(f"{month}-01", "month"))
+    (batch.drop("wind") if broken else batch).write_parquet(tmp / f"{month}.parquet")
+    lake.land(tmp / f"{month}.parquet", "weather", month)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> PipelineEnv:
     root = tmp_path_factory.mktemp("loop")
-    platform = PipelineEnv(root, root / "task.yaml", dg.DagsterInstance.ephemeral())
-    platform.write_task(**{"monitoring": {"drift_warn_share": 0.1, "drift_error_share": 0.2,
-                                          "retrain_cooldown_hours": 6}})
-    assert platform.ingest("2013-01", "2013-04").success
+    platform = PipelineEnv(root, root / "project.yaml", dg.DagsterInstance.ephemeral())
+    platform.write_project("weather", monitoring={"drift_warn_share": 0.01, "drift_error_share": 0.02,
+                                                  "metric_drop_warn": 0.0, "metric_drop_error": 0.0,
+                                                  "retrain_on": "WARN", "retrain_cooldown_hours": 6})
+    assert platform.ingest("2012-01", "2015-05").success
     assert platform.run("continuous_training_job").success
     return platform
 
 
 def test_month_lands_is_served_monitored_and_retraining_follows(env: PipelineEnv, tmp_path: Path) -> None:
     client = env.resources["mlflow_tracking"].client()
-    land(env, tmp_path, "2013-05")
+    land(env, tmp_path, "2015-06")
     landing = landing_folder_sensor(sensor_context(env, None))
     [request] = landing.run_requests
-    assert launch(env, "landed_month_job", request).success
+    assert launch(env, "landed_period_job", request).success
     lake = env.resources["lake"].get()
-    assert "2013-05" in lake.available_months("flights")
+    assert "2015-06" in lake.available_periods("weather")
 
-    state = lake.root
-    config = from_env(state_dir=state, online_store_path=state / "replay.db", task_path=env.task_file,
+    config = from_env(state_dir=lake.root, project_path=env.project_file,
                       tracking_uri=env.resources["mlflow_tracking"].tracking_uri)
-    replayed = replay_month(lake, "2013-05", config, env.resources["task"].get())
-    assert replayed.failures == 0 and replayed.requests == lake.read_batches("flights", ["2013-05"]).height
+    replayed = replay_period(lake, env.resources["project"].get(), "2015-06-01", config)
+    assert replayed.failures == 0 and replayed.requests == lake.read_batches("weather", ["2015-06"]).height == 60
+    assert sum(replayed.events.values()) > 0  # each day's observations were pushed before the next day was predicted
     monitors = env.defs().resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=env.instance, partition_key="2013-05-01", asset_selection=[dg.AssetKey(a) for a in MONITORS])
+        instance=env.instance, partition_key="2015-06-01", asset_selection=[dg.AssetKey(a) for a in MONITORS])
     assert monitors.success
-    served = lake.read_batches("prediction_log", ["2013-05"])
+    served = lake.read_batches("prediction_log", ["2015-06"])
     assert served.height == replayed.requests
+    skew = monitors.asset_materializations_for_node("skew_report")[0].metadata
+    assert skew["max_mismatch_rate"].value == 0.0  # served features are exactly the training features
     alerts = env.resources["alerts"].read()
-    assert {"monitor:drift_report"} <= {a["source"] for a in alerts}
+    assert {a["source"] for a in alerts} & {"monitor:drift_report", "monitor:model_performance"}
 
     versions_before = len(client.search_model_versions(f"name='{MODEL}'"))
     retrain = monitor_retraining_sensor(sensor_context(env, None))
@@ -100,18 +106,18 @@ def test_bad_month_stops_at_validation_and_alerts_champion_unchanged(env: Pipeli
     client = env.resources["mlflow_tracking"].client()
     champion = registry.alias_version(client, MODEL, registry.CHAMPION)
     seen = {r.run_key for r in landing_folder_sensor(sensor_context(env, None)).run_requests}
-    land(env, tmp_path, "2013-06", broken=True)
+    land(env, tmp_path, "2015-07", broken=True)
     fresh = [r for r in landing_folder_sensor(sensor_context(env, None)).run_requests if r.run_key not in seen]
     [request] = fresh
-    result = launch(env, "landed_month_job", request)
+    result = launch(env, "landed_period_job", request)
     assert not result.success
     [entry] = env.instance.all_logs(result.run_id, of_type=dg.DagsterEventType.RUN_FAILURE)
     run_failure_alert(dg.build_run_status_sensor_context(
         sensor_name="run_failure_alert", dagster_instance=env.instance, dagster_run=result.dagster_run,
         dagster_event=entry.dagster_event, resources=env.resources).for_run_failure())
-    assert env.resources["alerts"].read()[-1]["source"] == "run:landed_month_job"
+    assert env.resources["alerts"].read()[-1]["source"] == "run:landed_period_job"
     assert registry.alias_version(client, MODEL, registry.CHAMPION) == champion
-    assert "2013-06" not in env.resources["lake"].get().available_months("flights")
+    assert "2015-07" not in env.resources["lake"].get().available_periods("weather")
 
 
 def test_retraining_decision_cooldown_and_severity() -> None:
@@ -126,3 +132,33 @@ def test_retraining_decision_cooldown_and_severity() -> None:
     assert not decide([later], first.state, now + timedelta(hours=1), "ERROR", timedelta(hours=6)).retrain
     assert decide([{**later, "at": "2026-01-01T19:00:00+00:00"}], first.state, now + timedelta(hours=7),
                   "ERROR", timedelta(hours=6)).retrain
+
+
+def test_batch_scores_and_a_served_answer_through_the_generated_request_schema(env: PipelineEnv) -> None:
+    from fastapi.testclient import TestClient
+
+    from mlops_assets.serving.app import create_app
+
+    result = env.run("batch_scoring_job", tags={"dagster/partition": "2015-05-01"})
+    assert result.success
+    lake = env.resources["lake"].get()
+    scored = lake.read_batches("batch_predictions", ["2015-05"])
+    assert scored.height == 62 and scored["prediction"].is_between(-40, 50).all()
+    champion = registry.alias_version(env.resources["mlflow_tracking"].client(), MODEL, registry.CHAMPION)
+    assert scored["model_version"].unique().to_list() == [champion]
+
+    config = from_env(state_dir=lake.root, project_path=env.project_file,
+                      online_store_path=lake.root / "online.db",
+                      tracking_uri=env.resources["mlflow_tracking"].tracking_uri)
+    with TestClient(create_app(config)) as client:
+        answer = client.post("/v1/predict", json={"location": "Seattle", "day_start": "2015-05-20T00:00:00Z"})
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert -40 < body["prediction"] < 50 and body["model"]["version"] == champion
+        assert body["missing_features"] == [] and body["feature_freshness"]["daily_weather"] >= 0
+        refused = client.post("/v1/predict", json={"location": "Paris", "day_start": "2015-05-20T00:00:00Z"})
+        assert refused.status_code == 422 and refused.json()["detail"][0]["field"] == "location"
+        missing = client.post("/v1/predict", json={"day_start": "2015-05-20T00:00:00Z"})
+        assert missing.status_code == 422 and "location" in missing.text
+        schema = client.get("/openapi.json").json()
+        assert "Seattle" in str(schema) and "day_start" in str(schema)

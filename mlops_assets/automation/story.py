@@ -1,4 +1,4 @@
-"""The unattended story on the embedded data, one month after another, with no manual step.
+"""The unattended story on the embedded data, one period after another, with no manual step.
 
 Each step is what happens in production by itself: a file lands, the landing sensor starts a
 run, traffic is served (replayed), labels arrive, the monitors report, the retraining sensor
@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from mlops_assets.automation.sensors import landing_folder_sensor, monitor_retraining_sensor
-from mlops_assets.monitoring.replay import replay_month
+from mlops_assets.monitoring.replay import replay_period
+from mlops_assets.partitions import period_key
 from mlops_assets.serving.config import ServingConfig
 
 MONITORS = ("prediction_log", "ground_truth", "drift_report", "skew_report", "model_performance", "ab_test_report")
@@ -50,18 +51,20 @@ class Story:
         self.say(f"  {job} {request.partition_key or ''}: {'succeeded' if run.success else 'failed'} (run {run.run_id})")
         return run.success
 
-    def month(self, month: str, land: Callable[[str], None]) -> None:
-        """Deliver one month and let the platform react to it."""
-        self.say(f"{month}: file lands")
-        land(month)
+    def period(self, period: str, land: Callable[[str], None]) -> None:
+        """Deliver one period and let the platform react to it."""
+        self.say(f"{period}: file lands")
+        land(period)
         for request in self._tick(landing_folder_sensor, "landing"):
-            if not self._launch("landed_month_job", request, landing_folder_sensor.name):
+            if not self._launch("landed_period_job", request, landing_folder_sensor.name):
                 return
-        lake = self._resources()["lake"].get()
-        replayed = replay_month(lake, month, self.serving, self._resources()["task"].get())
-        self.say(f"  served {replayed.requests} predictions over {replayed.days} days; labels land; monitors run")
+        lake, project = self._resources()["lake"].get(), self._resources()["project"].get()
+        key = period_key(period, project.spec.granularity)
+        replayed = replay_period(lake, project, key, self.serving)
+        self.say(f"  served {replayed.requests} predictions in {replayed.slices} time slices with {sum(replayed.events.values())} "
+                 "pushed events; labels land; monitors run")
         monitors = self.defs.resolve_implicit_global_asset_job_def().execute_in_process(
-            instance=self.instance, partition_key=f"{month}-01", raise_on_error=False,
+            instance=self.instance, partition_key=key, raise_on_error=False,
             asset_selection=[dg.AssetKey(a) for a in MONITORS])
         self.say(f"  monitoring: {'succeeded' if monitors.success else 'failed'}")
         for request in self._tick(monitor_retraining_sensor, "retrain"):

@@ -8,7 +8,7 @@ from mlops_assets.contract import LOG_PREDICTION
 from mlops_assets.features.repository import offline_features
 from mlops_assets.metadata import frame_metadata
 from mlops_assets.monitoring.period_data import needed_sources, period_examples
-from mlops_assets.partitions import period_bounds, period_label, period_partitions
+from mlops_assets.partitions import example_period_bounds, period_label, period_partitions
 from mlops_assets.project.spec import Project
 from mlops_assets.registry.registry import CHAMPION, alias_version
 from mlops_assets.resources import LakeResource, ProjectResource
@@ -35,13 +35,13 @@ def batch_scoring_assets(project: Project) -> list[dg.AssetsDefinition]:
         """The champion's prediction for every example of the period, with features as of its prediction time."""
         store, loaded = lake.get(), project.get()
         spec = loaded.spec
-        start, end = period_bounds(context.partition_key, spec.granularity)
+        start, end = example_period_bounds(spec, context.partition_key)
         period = period_label(context.partition_key, spec.granularity)
         version = alias_version(mlflow_tracking.client(), spec.model_name, CHAMPION)
         if version is None:
             raise dg.Failure(f"no champion for {spec.model_name} yet: run continuous_training_job first")
         model = load_tabular_model(f"models:/{spec.model_name}/{version}")
-        examples = period_examples(store, loaded, period, start, end)
+        examples = period_examples(store, loaded, period, start, end, labelled=False)
         views = {v: store.read_view(v) for v in spec.used_views}
         scored = score_examples(spec, examples, views, model, version, offline_features)
         path = store.write_batch("batch_predictions", scored, period)

@@ -92,10 +92,12 @@ def view_events(project: Project, view_name: str, source: pl.DataFrame) -> pl.Da
     return frame.drop_nulls([view.known_at]).sort(view.known_at, maintain_order=True)
 
 
-def offline_features(project: Project, queries: pl.DataFrame, views: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """Every used view's features for each query row as of its `prediction_time` (same rows, same order)."""
+def offline_features(project: Project, queries: pl.DataFrame, views: dict[str, pl.DataFrame],
+                     names: list[str] | None = None) -> pl.DataFrame:
+    """The views' features (default: the used views) for each query row as of its `prediction_time`,
+    same rows, same order."""
     out = queries
-    for name in project.used_views:
+    for name in project.used_views if names is None else names:
         keys, view = view_keys(project, name), project.feature_views[name]
         if is_static(project, name):
             static = views[name].select(*keys, *view.features).cast({k: out.schema[k] for k in keys})

@@ -303,7 +303,7 @@ def _check_queries(plan: _Plan, schema: pl.Schema, keys: Sequence[str], query_ti
 
 def _group_ids(event_keys: pl.DataFrame, query_keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray, int]:
     """Dense group ids of the event keys; query keys absent from the events (or null) get -1."""
-    groups = event_keys.unique().with_row_index(_GROUP)
+    groups = event_keys.unique(maintain_order=True).with_row_index(_GROUP)  # stable order: reproducible sums
     on = list(event_keys.columns)
 
     def ids(frame: pl.DataFrame) -> np.ndarray:

@@ -156,6 +156,14 @@ def parse_times(frame: pl.DataFrame, spec: SourceSpec) -> pl.DataFrame:
     return frame.with_columns(parsed)
 
 
+def embedded_period(project: LoadedProject, source: str, start: datetime, end: datetime) -> pl.DataFrame:
+    """The embedded history's rows of one period, as the upstream system would deliver them."""
+    spec, path = project.spec.sources[source], project.source_path(source)
+    if path is None:
+        raise ValueError(f"source {source!r} has no embedded data (no `path` in the project file)")
+    return in_period(read_source_file(path, spec, spec.format), spec, start, end, path)
+
+
 def in_period(
     frame: pl.DataFrame, spec: SourceSpec, start: datetime, end: datetime, path: Path
 ) -> pl.DataFrame:

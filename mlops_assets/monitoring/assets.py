@@ -22,7 +22,7 @@ from mlops_assets.monitoring.drift_calibration import calibrate_drift
 from mlops_assets.monitoring.ground_truth import period_labels
 from mlops_assets.monitoring.period_data import needed_sources, period_examples
 from mlops_assets.monitoring.serving_frame import flatten_log
-from mlops_assets.partitions import period_bounds, period_label, period_partitions
+from mlops_assets.partitions import example_period_bounds, period_label, period_partitions
 from mlops_assets.project.spec import Project
 from mlops_assets.registry.registry import CHAMPION, alias_version
 from mlops_assets.resources import LakeResource, ProjectResource
@@ -65,7 +65,7 @@ def _check(asset: str, name: str, verdict: Verdict, alerts: AlertSink, period: s
 
 
 def _period(context: dg.AssetExecutionContext, project: Project) -> tuple[str, datetime, datetime]:
-    start, end = period_bounds(context.partition_key, project.granularity)
+    start, end = example_period_bounds(project, context.partition_key)
     return period_label(context.partition_key, project.granularity), start, end
 
 

@@ -46,11 +46,13 @@ def read_prepared(store: Lake, project: LoadedProject, sources: list[str],
     return prepare_all(project, raw)
 
 
-def period_examples(store: Lake, project: LoadedProject, label: str, start: datetime, end: datetime) -> pl.DataFrame:
-    """The labelled examples whose request time is in [start, end), request fields typed."""
+def period_examples(store: Lake, project: LoadedProject, label: str, start: datetime, end: datetime,
+                    labelled: bool = True) -> pl.DataFrame:
+    """The examples whose request time is in [start, end), request fields typed; `labelled=False` keeps
+    those without a label too (what is scored and served; labels arrive later, or never)."""
     source = project.spec.examples.source
     periods = {source: neighbours(store.available_periods(source), label)}
     if label not in periods[source]:
         raise FileNotFoundError(f"no validated {source} batch for {label}: ingest the period first")
-    examples = examples_frame(project, read_prepared(store, project, [source], periods))
+    examples = examples_frame(project, read_prepared(store, project, [source], periods), labelled=labelled)
     return in_period(typed_requests(examples, project.spec), project.spec, start, end)

@@ -29,7 +29,7 @@ from mlops_assets.features.online_store import OnlineStore, default_retention
 from mlops_assets.features.repository import is_static
 from mlops_assets.lake import Lake
 from mlops_assets.monitoring.period_data import period_examples, read_prepared
-from mlops_assets.partitions import period_bounds, period_label
+from mlops_assets.partitions import example_period_bounds, period_label
 from mlops_assets.project.loading import LoadedProject
 from mlops_assets.project.spec import Project
 
@@ -178,9 +178,9 @@ def replay_period(store: Lake, project: LoadedProject, partition_key: str, confi
     from mlops_assets.serving.app import create_app
 
     spec = project.spec
-    start, end = period_bounds(partition_key, spec.granularity)
+    start, end = example_period_bounds(spec, partition_key)
     label = period_label(partition_key, spec.granularity)
-    examples = period_examples(store, project, label, start, end)
+    examples = period_examples(store, project, label, start, end, labelled=False)
     plan = replay_plan(spec, examples, read_prepared(store, project, pushed_sources(spec)), step)
     if not plan:
         return ReplayResult(label)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mlops_assets.features.repository import model_features, view_feature_names
 from mlops_assets.project.loading import LoadedProject, source_columns
+from mlops_assets.project.spec import duration_label
 
 
 def describe(project: LoadedProject) -> str:
@@ -23,9 +24,9 @@ def describe(project: LoadedProject) -> str:
                      f"{', '.join(view_feature_names(spec, name))}")
     label = spec.label
     rule = (f"column {label.column}" if label.column else f"{label.threshold.column} > {label.threshold.above}"
-            if label.threshold else f"{label.future.column} {label.future.offset} later")
+            if label.threshold else f"{label.future.column} {duration_label(label.future.offset)} later")
     lines += [f"label: {label.name} = {rule}",
-              f"prediction time: {spec.prediction_time.column} - {spec.prediction_time.lead}",
+              f"prediction time: {spec.prediction_time.column} - {duration_label(spec.prediction_time.lead)}",
               f"model features ({len(model_features(spec))}): {', '.join(model_features(spec))}", "request schema:"]
     for name, field in spec.request.fields.items():
         extra = [f"one of {field.domain}" if field.domain else "", "optional" if not field.required else "",

@@ -37,6 +37,8 @@ Name = Annotated[str, Field(pattern=IDENTIFIER)]
 def duration_label(value: timedelta) -> str:
     """The compact label used in feature names: 3h, 28d, 90m."""
     seconds = int(value.total_seconds())
+    if seconds == 0:
+        return "0h"
     for unit in ("d", "h", "m"):
         if seconds % UNIT_SECONDS[unit] == 0 and seconds >= UNIT_SECONDS[unit]:
             return f"{seconds // UNIT_SECONDS[unit]}{unit}"
@@ -147,7 +149,7 @@ class AggregationSpec(Strict):
         if self.function != "count" and self.column is None:
             raise ValueError(f"{self.function} needs a `column`")
         if self.function == "share" and not self.where:
-            raise ValueError("share needs `where`: the condition whose share is taken, e.g. 'arr_delay > 15'")
+            raise ValueError("share needs `where`: the condition whose share is taken, e.g. 'delay_minutes > 15'")
         return self
 
 

@@ -15,7 +15,7 @@ GROUP = "training"
 
 
 def training_set_asset(project: Project) -> dg.AssetsDefinition:
-    deps = [project.examples.source, *project.used_views]
+    deps = [project.examples.source, *project.feature_views]
 
     @dg.asset(name="training_set", group_name=GROUP, deps=deps, kinds={"polars", "parquet"})
     def training_set(context: dg.AssetExecutionContext, lake: LakeResource, project: ProjectResource) -> dg.MaterializeResult:
@@ -23,7 +23,7 @@ def training_set_asset(project: Project) -> dg.AssetsDefinition:
         store, loaded = lake.get(), project.get()
         spec = loaded.spec
         sources = load_prepared(store, loaded, [spec.examples.source])
-        views = {v: store.read_view(v) for v in spec.used_views}
+        views = {v: store.read_view(v) for v in spec.feature_views}
         frame = build_training_set(loaded, sources, views)
         digest = content_hash(frame)
         path = write_training_set(store, frame, digest)

@@ -126,9 +126,11 @@ def _check_rows(frame: pl.DataFrame, project: Project) -> None:
 
 def build_training_set(project: LoadedProject, sources: dict[str, pl.DataFrame],
                        views: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    """One row per labelled example with every view's features as of its prediction time, split by time."""
+    """One row per labelled example with every declared view's features as of its prediction time, split by
+    time: the model reads the used views, and any champion can be scored on exactly these rows."""
     examples = examples_frame(project, sources)
-    return assign_splits(offline_features(project.spec, examples, views), project.spec)
+    names = [n for n in project.spec.feature_views if n in views]
+    return assign_splits(offline_features(project.spec, examples, views, names), project.spec)
 
 
 def content_hash(frame: pl.DataFrame) -> str:
