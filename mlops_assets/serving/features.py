@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class Lookup:
     """One request's view values: features by name, age in seconds per view (None: nothing known, or a
-    static view), and the views missing: a key part absent, t before the history held (values None),
-    or nothing known for the key by t (values then are what training saw: counts 0, the rest None)."""
+    static view), and the views missing: t before the history held (values None), a key part absent or
+    nothing known for the key by t (values then are what training saw: counts 0, the rest None)."""
 
     features: dict[str, object]
     freshness: dict[str, float | None]
@@ -65,8 +65,11 @@ class ViewState:
 
     def lookup(self, key: tuple, t: datetime) -> tuple[dict[str, object] | None, float | None, bool]:
         """(values or None when missing, freshness in seconds, whether anything is known for the key)."""
-        if not self.loaded or any(part is None for part in key):
+        if not self.loaded:
             return None, None, False
+        if any(part is None for part in key):  # as offline: an empty window (count 0, the rest null)
+            empty = self.windows.compute(key, t).values if self.windows is not None else None
+            return empty, None, False
         if self.windows is None:
             values = self.rows.get(key)
             return values, None, values is not None
