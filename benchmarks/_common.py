@@ -75,6 +75,7 @@ class Timing(Generic[T]):
 
     runs_s: list[float]
     result: T
+    cpu_s: list[float]  # CPU time of the process (all its threads) per run
 
     @property
     def best_s(self) -> float:
@@ -87,15 +88,16 @@ class Timing(Generic[T]):
 
 def timed(fn: Callable[[], T], repeats: int) -> Timing[T]:
     """Run `fn` `repeats` times, a full garbage collection before each run (not timed)."""
-    runs, result = [], None
+    runs, cpu, result = [], [], None
     for _ in range(repeats):
         result = None
         gc.collect()
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         result = fn()
         runs.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
     assert result is not None
-    return Timing(runs, result)
+    return Timing(runs, result, cpu)
 
 
 def percentile(values: Sequence[float], pct: float) -> float:
@@ -108,6 +110,12 @@ def percentile(values: Sequence[float], pct: float) -> float:
 def peak_rss_mb() -> float:
     """This process's peak resident set so far (ru_maxrss is KiB on Linux)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def rss_mb() -> float:
+    """This process's resident set now (Linux /proc)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def load_average() -> str:
