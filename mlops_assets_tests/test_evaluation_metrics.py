@@ -24,10 +24,10 @@ from mlops_assets.evaluation.metrics import (
     shap_importance,
     slice_table,
     sliced_metrics,
-    top_contributions,
     worst_slice_gap,
 )
 from mlops_assets.evaluation.multiclass import MULTICLASS_METRICS, multiclass_metrics, recall_name
+from mlops_assets.explain import top_contributions
 
 FEATURES = ["signal", "weak", "noise_a", "noise_b"]
 PNG_MAGIC = b"\x89PNG"

@@ -289,21 +289,3 @@ def shap_importance(contributions: np.ndarray, feature_names: list[str]) -> pl.D
         },
         schema={"feature": pl.String, "mean_abs_shap": pl.Float64, "mean_shap": pl.Float64},
     ).sort("mean_abs_shap", descending=True, maintain_order=True)
-
-
-def top_contributions(
-    contribution_row: np.ndarray, feature_names: list[str], k: int
-) -> list[dict[str, float | str]]:
-    """The ``k`` features that moved one prediction the most, to explain a single served request.
-
-    Accepts the row with or without LightGBM's trailing bias value; the bias is never returned.
-    """
-    if k < 0:
-        raise ValueError(f"k must be non-negative, got {k}")
-    row = np.asarray(contribution_row, dtype=np.float64).ravel()
-    if row.size == len(feature_names) + 1:
-        row = row[:-1]
-    if row.size != len(feature_names):
-        raise ValueError(f"contribution row has {row.size} values for {len(feature_names)} features")
-    order = np.argsort(-np.abs(row), kind="stable")[:k]
-    return [{"feature": feature_names[index], "contribution": float(row[index])} for index in order]
