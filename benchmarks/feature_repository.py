@@ -41,13 +41,14 @@ from _common import (
     timed,
     view_event_frames,
 )
+from _polars_windows import polars_reference
 
 from mlops_assets.contract import PREDICTION_TIME
 from mlops_assets.features.event_codec import event_id_expr, view_dtypes
 from mlops_assets.features.online_store import EVENT_ID
 from mlops_assets.features.repository import is_static, view_aggregations, view_keys
 from mlops_assets.features.sources import prepare_all
-from mlops_assets.features.windows import Aggregation, OnlineWindows, aggregate_at
+from mlops_assets.features.windows import OnlineWindows, aggregate_at
 from mlops_assets.project.loading import LoadedProject
 from mlops_assets.project.spec import Project
 from mlops_assets.training.training_set import build_training_set, examples_frame
@@ -83,63 +84,6 @@ def training_set_stages(project: LoadedProject, raw: dict[str, pl.DataFrame], re
     total = timed(whole, repeats)
     assert total.result.equals(training.result)
     return {"prepare_all": prepare, "view_events": events, "build_training_set": training, "total": total}
-
-
-# ---------------------------------------------------------------------------------- polars reference
-
-
-def polars_reference(events: pl.DataFrame, keys: Sequence[str], known_at: str,
-                     aggregations: Sequence[Aggregation], queries: pl.DataFrame, query_time: str) -> pl.DataFrame:
-    """The same values with bare polars: `rolling(closed="right")` over events + query rows per window.
-
-    Each aggregation gets a column that is null outside the events it counts (query rows included),
-    so plain `sum/mean/min/max/last` aggregations, which polars runs with rolling kernels, apply.
-    Results are joined back by (keys, position within the key): `rolling(group_by=...)` keeps the
-    order within a group but not the order of the groups (seen with the ~4,000 tail numbers).
-    """
-    ev = events.select(*keys, pl.col(known_at).alias("__t"), *(_masked_input(a) for a in aggregations))
-    qs = queries.select(*keys, pl.col(query_time).cast(ev.schema["__t"]).alias("__t")).with_row_index("__row")
-    qs = qs.cast({k: ev.schema[k] for k in keys})
-    union = pl.concat([ev.drop_nulls(["__t", *keys]), qs.drop_nulls(["__t", *keys])], how="diagonal")
-    union = union.sort(*keys, "__t", maintain_order=True)
-    position = pl.int_range(pl.len()).over(keys).alias("__i")  # rolling keeps the order within a group only
-    rows = union.select(*keys, position, "__row").drop_nulls("__row")
-    out = queries.with_row_index("__row").select("__row")
-    for window in sorted({a.window for a in aggregations}):
-        exprs = [_rolling_expr(a) for a in aggregations if a.window == window]
-        stats = union.rolling("__t", period=window, closed="right", group_by=list(keys)).agg(exprs)
-        stats = rows.join(stats.with_columns(position), on=[*keys, "__i"], how="left").drop(*keys, "__i", "__t")
-        out = out.join(stats, on="__row", how="left", maintain_order="left")
-    counts = [a.name for a in aggregations if a.function == "count"]
-    out = out.with_columns(pl.col(counts).fill_null(0.0))
-    return queries.hstack(out.select(a.name for a in aggregations))
-
-
-def _masked_input(a: Aggregation) -> pl.Expr:
-    """The aggregation's input where it counts, null elsewhere (count: 1.0; share: the where flag)."""
-    flag = pl.lit(True) if a.column is None else pl.col(a.column).is_not_null()
-    if a.where is not None and a.function != "share":
-        flag = flag & pl.sql_expr(a.where).fill_null(False)
-    if a.function == "count":
-        value = pl.lit(1.0)
-    elif a.function == "share":
-        value = pl.sql_expr(a.where).fill_null(False).cast(pl.Float64)
-    else:
-        value = pl.col(a.column) if a.function == "last" else pl.col(a.column).cast(pl.Float64)
-    return pl.when(flag).then(value).alias(a.name)
-
-
-def _rolling_expr(a: Aggregation) -> pl.Expr:
-    column = pl.col(a.name)
-    if a.function == "count":
-        return column.sum().cast(pl.Float64)
-    if a.function == "share":
-        return column.mean()
-    if a.function == "last":
-        return column.drop_nulls().last()
-    if a.function == "sum":
-        return pl.when(column.count() > 0).then(column.sum())
-    return getattr(column, a.function)()
 
 
 def all_windows(project: Project, events: dict[str, pl.DataFrame], queries: pl.DataFrame,

@@ -16,7 +16,7 @@ import polars as pl
 from mlops_assets.lake import BatchReadError, Lake
 from mlops_assets.project.loading import LoadedProject
 from mlops_assets.project.spec import ColumnType, SourceSpec
-from mlops_assets.validation.reporting import FailedExpectation, ValidationReport, unreadable_report
+from mlops_assets.validation.reporting import ValidationReport, single_failure_report, unreadable_report
 
 NULL_VALUES = ["NA", ""]
 POLARS_TYPES: dict[str, pl.DataType] = {
@@ -79,16 +79,9 @@ def load_reference(lake: Lake, project: LoadedProject, source: str) -> Batch:
 
 def _undelivered(source: str, period: str | None, batch_name: str) -> Batch:
     """Nothing landed and no embedded file to fall back on: a hard failure saying so."""
-    failure = FailedExpectation(
-        expectation="batch_is_delivered",
-        column=None,
-        severity="hard",
-        description=f"nothing landed for {batch_name} and source {source} declares no `path` to read it from",
-        unexpected_count=None,
-    )
-    report = ValidationReport(
-        table=source, batch_name=batch_name, row_count=0, evaluated=1, failures=[failure]
-    )
+    report = single_failure_report(
+        source, batch_name, "batch_is_delivered",
+        f"nothing landed for {batch_name} and source {source} declares no `path` to read it from")
     return Batch(source, period, "nowhere", None, None, report)
 
 

@@ -74,16 +74,17 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def unreadable_report(table: str, batch_name: str, file_name: str, reason: str) -> ValidationReport:
-    """The report of a file that is not a table at all: one hard failure, nothing else evaluated."""
-    failure = FailedExpectation(
-        expectation="file_is_readable_table",
-        column=None,
-        severity="hard",
-        description=f"{file_name} is not a readable table: {reason}",
-        unexpected_count=None,
-    )
+def single_failure_report(table: str, batch_name: str, expectation: str, description: str) -> ValidationReport:
+    """A batch that cannot be validated at all: one hard failure, nothing else evaluated."""
+    failure = FailedExpectation(expectation=expectation, column=None, severity="hard", description=description,
+                                unexpected_count=None)
     return ValidationReport(table=table, batch_name=batch_name, row_count=0, evaluated=1, failures=[failure])
+
+
+def unreadable_report(table: str, batch_name: str, file_name: str, reason: str) -> ValidationReport:
+    """The report of a file that is not a table at all."""
+    return single_failure_report(table, batch_name, "file_is_readable_table",
+                                 f"{file_name} is not a readable table: {reason}")
 
 
 def fmt(value: Any) -> str:
