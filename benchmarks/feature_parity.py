@@ -99,6 +99,7 @@ def register_champion(root: Path, tracking_uri: str, model_name: str, model: Sco
     import mlflow
     from mlflow import MlflowClient
 
+    from mlops_assets.registry.registry import move_alias
     from mlops_assets.scoring_model import ScoringPyfunc
 
     mlflow.set_tracking_uri(tracking_uri)
@@ -109,8 +110,10 @@ def register_champion(root: Path, tracking_uri: str, model_name: str, model: Sco
         info = mlflow.pyfunc.log_model(name="model", python_model=ScoringPyfunc(model), pip_requirements=requirements)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     client.create_registered_model(model_name)
-    registered = client.create_model_version(model_name, info.model_uri, run_id=run.info.run_id)
-    client.set_registered_model_alias(model_name, "champion", registered.version)
+    registered = client.create_model_version(model_name, info.model_uri, run_id=run.info.run_id,
+                                             tags={"blessed": "true", "infra_valid": "true"})
+    move_alias(client, model_name, "champion", str(registered.version), "promote", "feature_parity benchmark",
+               "the service serves only governed versions")
     return str(registered.version)
 
 

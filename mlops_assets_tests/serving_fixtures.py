@@ -45,6 +45,7 @@ from mlops_assets.features.sources import DTYPES, prepare_all
 from mlops_assets.features.windows import aggregate_at
 from mlops_assets.project.loading import LoadedProject, load_project
 from mlops_assets.project.spec import Project
+from mlops_assets.registry.registry import move_alias
 from mlops_assets.scoring_model import ScoringModel, ScoringPyfunc
 from mlops_assets.serving.app import create_app
 from mlops_assets.serving.config import ServingConfig
@@ -57,6 +58,7 @@ FLIGHTS_RETENTION = timedelta(days=40)
 WEATHER_SERVED_FROM = "2015-07-01"
 CLASSES = ["drizzle", "fog", "rain", "snow", "sun"]
 LABEL = "__label"
+GOVERNED = {"blessed": "true", "infra_valid": "true"}
 
 
 def typed(loaded: LoadedProject, name: str, frame: pl.DataFrame) -> pl.DataFrame:
@@ -161,13 +163,14 @@ class Platform:
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name)
-        registered = client.create_model_version(name, info.model_uri, run_id=run.info.run_id)
+        registered = client.create_model_version(name, info.model_uri, run_id=run.info.run_id, tags=GOVERNED)
         if name == self.model_name:
             self.models[str(registered.version)] = model
         return str(registered.version)
 
     def move(self, alias: str, version: str, name: str | None = None) -> None:
-        self.client().set_registered_model_alias(name or self.model_name, alias, version)
+        """Through the platform's governed path (the move is in the alias history), as approve_model does."""
+        move_alias(self.client(), name or self.model_name, alias, version, "promote", "serving tests", "fixture")
 
 
 def _platform(root: Path, loaded: LoadedProject, raw: dict[str, pl.DataFrame], served_from: str,

@@ -33,6 +33,7 @@ from mlops_assets_tests.serving_fixtures import (
     CLASSES,
     FLIGHTS,
     GOOD,
+    GOVERNED,
     MALFORMED,
     RAW,
     WEATHER,
@@ -370,8 +371,8 @@ def test_not_ready_until_the_registry_has_a_champion(flights: Platform, tmp_path
         assert test_client.post("/v1/predict", json=flights.requests(1)[0]).status_code == 503
         client, source = flights.client(), flights.client().get_model_version(flights.model_name, "1")
         client.create_registered_model("serving_not_yet")
-        client.create_model_version("serving_not_yet", source.source, run_id=source.run_id)
-        client.set_registered_model_alias("serving_not_yet", "champion", "1")
+        client.create_model_version("serving_not_yet", source.source, run_id=source.run_id, tags=GOVERNED)
+        flights.move("champion", "1", name="serving_not_yet")
         test_client.app.state.service.watcher.refresh()  # type: ignore[attr-defined]
         assert test_client.get("/ready").json()["models"]["champion"] == {"name": "serving_not_yet", "version": "1"}
         assert test_client.post("/v1/predict", json=flights.requests(1)[0]).status_code == 200

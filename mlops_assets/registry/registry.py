@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mlops_assets.serving.governance import EVENT_PREFIX, alias_events, alias_version, not_found
+
 CHAMPION = "champion"
 CHALLENGER = "challenger"
-EVENT_PREFIX = "alias_event."
 
 
 class GovernanceError(Exception):
@@ -25,7 +26,9 @@ class GovernanceError(Exception):
 def ensure_model(client: MlflowClient, name: str, description: str) -> None:
     try:
         client.get_registered_model(name)
-    except MlflowException:
+    except MlflowException as exc:
+        if not not_found(exc):
+            raise
         client.create_registered_model(name, description=description)
 
 
@@ -37,21 +40,16 @@ def register_version(client: MlflowClient, name: str, model_uri: str, run_id: st
     return str(version.version)
 
 
-def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
 def alias_history(client: MlflowClient, name: str) -> list[dict[str, str]]:
-    """All recorded alias moves, oldest first."""
+    """All recorded alias moves, oldest first (none for a model not registered yet; a registry error
+    is raised: read as 'no history' it would restart the numbering and overwrite events)."""
     try:
         tags = client.get_registered_model(name).tags
-    except MlflowException:
-        return []
-    events = [json.loads(v) for k, v in tags.items() if k.startswith(EVENT_PREFIX)]
-    return sorted(events, key=lambda e: int(e["seq"]))
+    except MlflowException as exc:
+        if not_found(exc):
+            return []
+        raise
+    return alias_events(tags)
 
 
 def move_alias(client: MlflowClient, name: str, alias: str, version: str, action: str,

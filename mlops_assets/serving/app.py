@@ -5,17 +5,21 @@ Bodies are read and validated by hand (transport.py) so that every refusal has o
 the field and never echoes the schema, the input or a traceback.
 """
 
+import asyncio
 import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlops_assets.features.online_store import EventError, UnknownSource
 from mlops_assets.serving.config import ServingConfig, from_env
@@ -49,20 +53,49 @@ async def require_token(request: Request) -> None:
         raise ClientError(401, [{"field": "authorization", "problem": "missing or invalid bearer token"}])
 
 
-def _respond(request: Request, instances: list[BaseModel], explain: bool, endpoint: str, single: bool) -> Response:
-    """Score, or turn any failure inside features/model code into a logged generic 500."""
+LOG_HEADER = "X-Prediction-Log"
+LOG_UNAVAILABLE = "the prediction log cannot be written; retry later"
+
+
+async def log_state(service: Service, future: "Future[bool] | None") -> str:
+    """Wait (off the event loop's back) until the request's records are durable: 'durable', 'queued'
+    (log_ack=queued) or 'not-logged' (the disk is failing; the records are held and written later)."""
+    if future is None or not await asyncio.wrap_future(future):
+        return "not-logged"
+    return "durable" if service.config.log_ack == "fsync" else "queued"
+
+
+async def logged_error(request: Request, status: int, detail: object, message: object) -> Response:
+    """An error answer of /v1 whose log record is written first (like a prediction's)."""
     service, state = _service(request), request.state
+    future = service.log_refusal(state.request_id, request.url.path, status, detail, state.started)
+    response = error_response(status, message, state.request_id)  # type: ignore[arg-type]
+    response.headers[LOG_HEADER] = await log_state(service, future)
+    return response
+
+
+async def _respond(request: Request, instances: list[BaseModel], explain: bool, endpoint: str,
+                   single: bool) -> Response:
+    """Score in a worker thread (the event loop stays free for other requests), wait until the records
+    are durable, answer; any failure inside features/model code is a logged generic 500."""
+    service, state = _service(request), request.state
+    refuse = service.config.log_unavailable == "refuse"
+    if refuse and service.log.degraded:
+        return await logged_error(request, 503, "prediction log unavailable", LOG_UNAVAILABLE)
     try:
-        answers = service.predict(instances, explain, state.request_id, endpoint, state.started, single)
+        answers, future = await run_in_threadpool(service.predict, instances, explain, state.request_id,
+                                                  endpoint, state.started, single)
     except (NotReady, ClientError):
         raise
     except Exception:
         log.exception("prediction failed for request %s", state.request_id)
-        service.log_refusal(state.request_id, endpoint, 500, INTERNAL_ERROR, state.started)
-        return error_response(500, INTERNAL_ERROR, state.request_id)
+        return await logged_error(request, 500, INTERNAL_ERROR, INTERNAL_ERROR)
+    logged = await log_state(service, future)
+    if refuse and logged == "not-logged":
+        return error_response(503, LOG_UNAVAILABLE, state.request_id)
     body = ({"request_id": state.request_id, **answers[0]} if single
             else {"request_id": state.request_id, "predictions": answers})
-    return JSONResponse(body)
+    return JSONResponse(body, headers={LOG_HEADER: logged})
 
 
 EVENTS_BODY = {"type": "object", "required": ["events"], "additionalProperties": False,
@@ -79,7 +112,7 @@ def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter
         """One instance -> the prediction, feature freshness, model version (+ explanation)."""
         body = await read_json_body(request, config.max_body_bytes)
         instance = parse_body(models.single, body, {})
-        return _respond(request, [instance], bool(explain) or instance.explain, "/v1/predict", single=True)
+        return await _respond(request, [instance], bool(explain) or instance.explain, "/v1/predict", single=True)
 
     @router.post("/predict/batch", openapi_extra=openapi_body(batch_schema(models, config.max_batch)))
     async def predict_batch(request: Request, explain: bool | None = None) -> Response:
@@ -87,8 +120,8 @@ def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter
         body = await read_json_body(request, config.max_body_bytes)
         check_batch_size(body, config.max_batch)
         batch = parse_body(models.batch, body, {})
-        return _respond(request, list(batch.instances), bool(explain) or batch.explain, "/v1/predict/batch",
-                        single=False)
+        return await _respond(request, list(batch.instances), bool(explain) or batch.explain,
+                              "/v1/predict/batch", single=False)
 
     @router.post("/events/{source}", openapi_extra=openapi_body(EVENTS_BODY))
     async def push_events(request: Request, source: str) -> Response:
@@ -108,63 +141,101 @@ def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter
     return router
 
 
-def ops_router() -> APIRouter:
+def log_health(service: Service) -> dict[str, object]:
+    plog = service.log
+    return {"status": "degraded" if plog.degraded else "ok", "reason": plog.degraded_reason or None,
+            "backlog": plog.backlog, "written": plog.written, "dropped": plog.dropped}
+
+
+def ops_router(config: ServingConfig) -> APIRouter:
+    """/health is public (liveness); with a token set, /ready and /metrics need it like /v1."""
     router = APIRouter()
+    guarded = [Depends(require_token)] if config.token else []
 
     @router.get("/health")
-    async def health() -> Response:
-        """The process is up (no dependency checked)."""
-        return JSONResponse({"status": "ok"})
+    async def health(request: Request) -> Response:
+        """The process is up (200 even when degraded: restarting would not help); says what is degraded."""
+        service = _service(request)
+        degraded = service.log.degraded or service.watcher.refused is not None
+        body: dict[str, object] = {"status": "degraded" if degraded else "ok", "prediction_log": log_health(service)}
+        if service.watcher.refused is not None:
+            body["governance"] = service.watcher.refused
+        return JSONResponse(body)
 
-    @router.get("/ready")
+    @router.get("/ready", dependencies=guarded)
     async def ready(request: Request) -> Response:
-        """200 once a champion is loaded, 503 before: what a load balancer should route on."""
-        arms = _service(request).slot.arms
+        """200 once a champion is loaded and the prediction log writes, 503 otherwise: what a load
+        balancer should route on."""
+        service = _service(request)
+        arms = service.slot.arms
         if arms.champion is None:
             return JSONResponse(
                 {"status": "not ready", "detail": "no champion model loaded"}, status_code=503
             )
+        if service.log.degraded:
+            return JSONResponse({"status": "not ready", "detail": "prediction log cannot be written",
+                                 "prediction_log": log_health(service)}, status_code=503)
         served = {
             arm: {"name": m.name, "version": m.version}
             for arm, m in (("champion", arms.champion), ("challenger", arms.challenger))
             if m is not None
         }
-        features = _service(request).features.snapshot
+        features = service.features.snapshot
         store = {"generation": features.generation, "pushed_seq": features.last_seq,
                  "views_loaded": sorted(n for n, v in features.views.items() if v.loaded)}
         return JSONResponse({"status": "ready", "models": served, "online_store": store})
 
-    @router.get("/metrics")
+    @router.get("/metrics", dependencies=guarded)
     async def metrics(request: Request) -> Response:
         service = _service(request)
-        text = service.metrics.render(service.log.queue.qsize(), service.log.written)
-        return PlainTextResponse(text, media_type=PROMETHEUS_TEXT)
+        return PlainTextResponse(service.metrics.render(service.log), media_type=PROMETHEUS_TEXT)
+
+    return router
+
+
+def docs_router(app: FastAPI) -> APIRouter:
+    """/openapi.json and /docs behind the token (FastAPI's own are public, so they are off then)."""
+    router = APIRouter(dependencies=[Depends(require_token)], include_in_schema=False)
+
+    @router.get("/openapi.json")
+    async def openapi() -> Response:
+        return JSONResponse(app.openapi())
+
+    @router.get("/docs")
+    async def docs() -> Response:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=app.title)
 
     return router
 
 
 def _install_handlers(app: FastAPI) -> None:
+    """Every /v1 refusal (401, 404, 405 and 4xx of a body alike) is logged and counted, in one shape."""
+
     @app.exception_handler(ClientError)
     async def client_error(request: Request, exc: ClientError) -> Response:
-        if request.url.path.startswith("/v1/") and exc.status != 401:
-            _service(request).log_refusal(
-                request.state.request_id, request.url.path, exc.status, exc.problems, request.state.started
-            )
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else {}
-        response = error_response(exc.status, exc.problems, request.state.request_id)
-        response.headers.update(headers)
+        if request.url.path.startswith("/v1/"):
+            response = await logged_error(request, exc.status, exc.problems, exc.problems)
+        else:
+            response = error_response(exc.status, exc.problems, request.state.request_id)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
         return response
 
     @app.exception_handler(RequestValidationError)
     async def invalid_parameters(request: Request, exc: RequestValidationError) -> Response:
         return await client_error(request, ClientError(422, problems_of(exc.errors())))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def routing_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Unknown path (404) or method (405): the service's error shape, logged under /v1."""
+        problem = {404: "no such endpoint", 405: "method not allowed"}.get(exc.status_code, "refused")
+        response = await client_error(request, ClientError(exc.status_code, [{"field": "path", "problem": problem}]))
+        response.headers.update(exc.headers or {})
+        return response
+
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, exc: NotReady) -> Response:
-        _service(request).log_refusal(
-            request.state.request_id, request.url.path, 503, "no model loaded", request.state.started
-        )
-        return error_response(503, "no model loaded yet; retry later", request.state.request_id)
+        return await logged_error(request, 503, "no model loaded", "no model loaded yet; retry later")
 
 
 def create_app(config: ServingConfig | None = None) -> FastAPI:
@@ -183,11 +254,14 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
         finally:
             service.stop()
 
+    public = {} if cfg.token is None else {"openapi_url": None, "docs_url": None, "redoc_url": None}
     app = FastAPI(title=f"{service.project.name} prediction service", version="1", lifespan=lifespan,
-                  description=service.project.description)
+                  description=service.project.description, **public)  # type: ignore[arg-type]
     app.state.service = service
     app.add_middleware(ObserveMiddleware, metrics=service.metrics)
     app.include_router(prediction_router(cfg, service.models))
-    app.include_router(ops_router())
+    app.include_router(ops_router(cfg))
+    if cfg.token is not None:
+        app.include_router(docs_router(app))
     _install_handlers(app)
     return app

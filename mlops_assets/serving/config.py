@@ -14,7 +14,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from mlops_assets.settings import default_tracking_uri, project_path, state_dir
+from mlops_assets.settings import alert_webhook, default_tracking_uri, project_path, state_dir
 
 ENV_PREFIX = "MLOPS_SERVING_"
 ExperimentMode = Literal["off", "ab", "shadow", "canary"]
@@ -42,9 +42,16 @@ class ServingConfig(BaseModel):
     split_key: str | None = Field(None, description="request field (or 'request_id') that picks the arm; "
                                                     "default: the first key of the first feature view")
     split_salt: str = ""
-    log_queue_size: int = Field(10_000, ge=1)
+    log_queue_size: int = Field(10_000, ge=1, description="records held in memory while the disk fails")
+    log_ack: Literal["fsync", "queued"] = Field("fsync", description="answer after the record is fsynced "
+                                                "(group commit), or once queued (fsync every log_flush_seconds)")
+    log_unavailable: Literal["answer", "refuse"] = Field(
+        "answer", description="while the log cannot be written: answer with X-Prediction-Log: not-logged "
+                              "(records kept and written later), or refuse predictions with 503")
     log_flush_seconds: float = Field(1.0, gt=0)
     log_file_records: int = Field(100_000, ge=1)
+    alerts_path: Path | None = None
+    alert_webhook: str = Field(default_factory=alert_webhook)
     switch_interval_ms: float = Field(0.5, gt=0, le=100)
 
     @model_validator(mode="after")
@@ -54,6 +61,8 @@ class ServingConfig(BaseModel):
             object.__setattr__(self, "online_store_path", self.state_dir / "online_store.db")
         if self.log_dir is None:
             object.__setattr__(self, "log_dir", self.state_dir / "prediction_log")
+        if self.alerts_path is None:
+            object.__setattr__(self, "alerts_path", self.state_dir / "alerts" / "alerts.jsonl")
         return self
 
     @property

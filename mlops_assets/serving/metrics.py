@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import defaultdict
+from typing import Protocol
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PREFIX = "mlops_serving"
@@ -22,6 +23,20 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+class LogFigures(Protocol):
+    """What the prediction log exposes (the PredictionLog itself)."""
+
+    written: int
+    dropped: int
+    commits: int
+
+    @property
+    def backlog(self) -> int: ...
+
+    @property
+    def degraded(self) -> bool: ...
+
+
 class Metrics:
     """Request counts and latency by endpoint, errors, predictions and model versions per arm, swaps."""
 
@@ -33,6 +48,8 @@ class Metrics:
         self.predictions: dict[str, int] = defaultdict(int)
         self.model_versions: dict[tuple[str, str], int] = {}
         self.hot_swaps = 0
+        self.refused_versions = 0
+        self.governance_blocked = 0
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
         with self._lock:
@@ -50,15 +67,25 @@ class Metrics:
             self.model_versions[(arm, name)] = int(version) if version.isdigit() else -1
             self.hot_swaps += int(swapped)
 
+    def version_refused(self, blocked: bool) -> None:
+        """An alias pointed at a version without a recorded blessing and infra validation."""
+        with self._lock:
+            self.refused_versions += 1
+            self.governance_blocked = int(blocked)
+
+    def governance_cleared(self) -> None:
+        with self._lock:
+            self.governance_blocked = 0
+
     def model_dropped(self, arm: str) -> None:
         with self._lock:
             for key in [k for k in self.model_versions if k[0] == arm]:
                 del self.model_versions[key]
 
-    def render(self, queue_depth: int, records_written: int) -> str:
+    def render(self, log: LogFigures) -> str:
         """The text exposition format, version 0.0.4."""
         with self._lock:
-            lines = self._counters() + self._histogram() + self._gauges(queue_depth, records_written)
+            lines = self._counters() + self._histogram() + self._gauges() + self._log(log)
         return "\n".join(lines) + "\n"
 
     def _counters(self) -> list[str]:
@@ -90,6 +117,13 @@ class Metrics:
             f"# HELP {PREFIX}_hot_swaps_total Models replaced while serving.",
             f"# TYPE {PREFIX}_hot_swaps_total counter",
             f"{PREFIX}_hot_swaps_total {self.hot_swaps}",
+            f"# HELP {PREFIX}_ungoverned_versions_refused_total Alias moves to a version without a recorded "
+            "blessing and infra validation, not served.",
+            f"# TYPE {PREFIX}_ungoverned_versions_refused_total counter",
+            f"{PREFIX}_ungoverned_versions_refused_total {self.refused_versions}",
+            f"# HELP {PREFIX}_governance_blocked 1 while an alias points at a version the service refuses.",
+            f"# TYPE {PREFIX}_governance_blocked gauge",
+            f"{PREFIX}_governance_blocked {self.governance_blocked}",
         ]
         return lines
 
@@ -105,7 +139,7 @@ class Metrics:
             lines.append(f"{name}_count{_labels(endpoint=endpoint)} {running}")
         return lines
 
-    def _gauges(self, queue_depth: int, records_written: int) -> list[str]:
+    def _gauges(self) -> list[str]:
         lines = [
             f"# HELP {PREFIX}_model_version Registry version served per arm.",
             f"# TYPE {PREFIX}_model_version gauge",
@@ -114,12 +148,21 @@ class Metrics:
             f"{PREFIX}_model_version{_labels(arm=a, model=m)} {v}"
             for (a, m), v in sorted(self.model_versions.items())
         ]
-        lines += [
-            f"# HELP {PREFIX}_prediction_log_queue_depth Records waiting for the log writer.",
-            f"# TYPE {PREFIX}_prediction_log_queue_depth gauge",
-            f"{PREFIX}_prediction_log_queue_depth {queue_depth}",
-            f"# HELP {PREFIX}_prediction_log_records_total Records written to the prediction log.",
-            f"# TYPE {PREFIX}_prediction_log_records_total counter",
-            f"{PREFIX}_prediction_log_records_total {records_written}",
+        return lines
+
+    @staticmethod
+    def _log(log: LogFigures) -> list[str]:
+        figures = [
+            ("queue_depth", "gauge", "Records accepted but not yet durable (queued, or held while the disk fails).",
+             log.backlog),
+            ("records_total", "counter", "Records written and fsynced to the prediction log.", log.written),
+            ("dropped_total", "counter", "Records refused because the backlog was full (their answers said "
+                                         "not-logged).", log.dropped),
+            ("commits_total", "counter", "Group commits (one write + fsync each).", log.commits),
+            ("degraded", "gauge", "1 while the prediction log cannot be written.", int(log.degraded)),
         ]
+        lines = []
+        for name, kind, text, value in figures:
+            full = f"{PREFIX}_prediction_log_{name}"
+            lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}", f"{full} {value}"]
         return lines

@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 import mlflow.pyfunc
+import numpy as np
 from mlflow import MlflowClient
-from mlflow.exceptions import MlflowException
 
 from mlops_assets.features.repository import view_feature_names
 from mlops_assets.project.spec import Project
 from mlops_assets.scoring_model import ScoringModel
+from mlops_assets.serving.governance import alias_version, ungoverned
 from mlops_assets.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -85,18 +86,16 @@ class ModelSlot:
             self.arms = self.arms.with_arm(arm, loaded, self.view_order)
 
 
-def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
-    try:
-        return str(client.get_model_version_by_alias(name, alias).version)
-    except MlflowException:
-        return None
-
-
 def load_version(client: MlflowClient, name: str, version: str) -> ScoringModel:
-    """The scoring model of one registered version, loaded from its artifact location."""
+    """The scoring model of one registered version, loaded from its artifact location and warmed up
+    (a first prediction and explanation), so the first request after the swap pays nothing extra."""
     source = client.get_model_version_download_uri(name, version)
     python_model = mlflow.pyfunc.load_model(source).unwrap_python_model()
-    return ScoringModel.adopt(getattr(python_model, "model", python_model))
+    model = ScoringModel.adopt(getattr(python_model, "model", python_model))
+    warm = np.full((1, len(model.features)), np.nan)
+    model.predict_matrix(warm)
+    model.contributions_matrix(warm)
+    return model
 
 
 def settle_heap() -> None:
@@ -109,33 +108,62 @@ def settle_heap() -> None:
 
 
 class RegistryWatcher:
-    """Polls the aliases every `poll_seconds` and hot-swaps an arm when its alias moves."""
+    """Polls the aliases every `poll_seconds` and hot-swaps an arm when its alias moves to a governed
+    version; an alias moved to an ungoverned one leaves the arm on what it serves, with an alert."""
 
     def __init__(self, client: MlflowClient, project: Project, slot: ModelSlot, metrics: Metrics,
-                 arms: tuple[str, ...], poll_seconds: float, also: Callable[[], object] | None = None) -> None:
+                 arms: tuple[str, ...], poll_seconds: float, also: Callable[[], object] | None = None,
+                 alert: Callable[[str, str, dict[str, object]], None] | None = None) -> None:
         self.client, self.project, self.model_name = client, project, project.model_name
-        self.slot, self.metrics = slot, metrics
+        self.slot, self.metrics, self.alert = slot, metrics, alert
         self.arms, self.poll_seconds, self.also = arms, poll_seconds, also
+        self.refused: dict[str, str | None] | None = None
+        self._refused_seen: set[tuple[str, str]] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="registry-watcher", daemon=True)
 
     def refresh(self) -> None:
-        """One poll: load and swap every arm whose alias points at another version than served."""
-        swapped = False
+        """One poll: load and swap every arm whose alias points at another governed version than served."""
+        swapped, refused = False, None
         for arm in self.arms:
-            version = alias_version(self.client, self.model_name, ARM_ALIASES[arm])
+            alias = ARM_ALIASES[arm]
+            version = alias_version(self.client, self.model_name, alias)
             current = self.slot.arms.get(arm)
             if version is None:
                 self._alias_missing(arm, current)
-            elif current is None or current.version != version:
-                model = load_version(self.client, self.model_name, version)
-                self.slot.replace(arm, LoadedModel.build(self.model_name, version, model, self.project))
-                self.metrics.model_loaded(arm, self.model_name, version, swapped=current is not None)
-                swapped = True
-                log.info("serving %s v%s as %s (was %s)", self.model_name, version, arm,
-                         current.version if current else "nothing")
+                continue
+            if current is not None and current.version == version:
+                continue
+            why = ungoverned(self.client, self.model_name, alias, version)
+            if why is not None:
+                refused = {"arm": arm, "alias": alias, "version": version, "reason": why,
+                           "serving": current.version if current else None}
+                self._refuse(refused)
+                continue
+            model = load_version(self.client, self.model_name, version)
+            self.slot.replace(arm, LoadedModel.build(self.model_name, version, model, self.project))
+            self.metrics.model_loaded(arm, self.model_name, version, swapped=current is not None)
+            swapped = True
+            log.info("serving %s v%s as %s (was %s)", self.model_name, version, arm,
+                     current.version if current else "nothing")
+        self.refused = refused
+        if refused is None:
+            self.metrics.governance_cleared()
         if swapped:
             settle_heap()
+
+    def _refuse(self, refused: dict[str, str | None]) -> None:
+        """Count, log and alert once per (arm, version) however many polls find the alias there."""
+        key = (str(refused["arm"]), str(refused["version"]))
+        if key in self._refused_seen:
+            return
+        self._refused_seen.add(key)
+        self.metrics.version_refused(blocked=True)
+        still = f"still serving v{refused['serving']}" if refused["serving"] else "serving nothing for it"
+        log.error("refusing %s: %s; %s", refused["alias"], refused["reason"], still)
+        if self.alert is not None:
+            self.alert("ERROR", f"{refused['alias']} points at an ungoverned version: {refused['reason']}; {still}",
+                       dict(refused))
 
     def _alias_missing(self, arm: str, current: LoadedModel | None) -> None:
         """A vanished challenger ends the experiment; a vanished champion keeps serving the last one."""

@@ -1,10 +1,18 @@
-"""The prediction log: every scored instance and every refused request, appended off the hot path.
+"""The prediction log: every scored instance and every refused request, durable before it is answered.
 
-Requests put records on a bounded queue; one writer thread per process drains it in batches into
-`<log_dir>/date=YYYY-MM-DD/part-<writer>-<seq>.jsonl` and flushes + fsyncs at least every
-`flush_seconds`. A full queue blocks the request (back-pressure) instead of dropping a record; a
-clean shutdown drains the queue. Writer ids are unique per process start, so a restart or a second
-worker never appends to another writer's file, and nothing is written twice.
+Requests `submit` their records and await the returned future; one writer thread per process takes
+everything queued, appends it to `<log_dir>/date=YYYY-MM-DD/part-<writer>-<seq>.jsonl` with one
+write and one fsync (group commit), then resolves the futures with True. So an answered request's
+record survives kill -9 and power loss, and concurrent requests share an fsync.
+
+The writer never dies. On any OSError (full disk, read-only file system, the folder deleted or
+replaced) it undoes the partial write, keeps the batch, resolves its futures with False (the
+service answers "not logged" or refuses, as configured), reports itself degraded and retries with
+backoff; every held and newly queued record is written exactly once when the disk takes it again.
+A part file that was deleted or replaced under the writer is detected by comparing the inode of
+the path with the open file before and after each commit; the batch then goes to a new part file.
+Writer ids are unique per process start, so a restart or a second worker never appends to another
+writer's file.
 """
 
 from __future__ import annotations
@@ -13,131 +21,293 @@ import io
 import json
 import logging
 import os
-import queue
 import threading
 import time
 import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from datetime import date as Date
 from pathlib import Path
-from typing import IO
+from typing import Literal
 
 import polars as pl
 
 log = logging.getLogger(__name__)
-STOP = object()
-DRAIN_MAX = 2_000
+DRAIN_MAX = 5_000
 LOG_FOLDER = "prediction_log"
 COMPACT = (",", ":")
+RETRY_FIRST, RETRY_MAX = 0.05, 2.0
+AckMode = Literal["fsync", "queued"]
+
+
+class LogFull(Exception):
+    """The in-memory backlog is at its bound (the disk has been failing for a while)."""
+
+
+@dataclass
+class Part:
+    """The open part file of one day: descriptor, size (the undo point) and identity (to spot a deletion)."""
+
+    day: str
+    path: Path
+    fd: int
+    size: int = 0
+    records: int = 0
+
+    def linked(self) -> bool:
+        """The path still names this very file (not deleted, not replaced by another)."""
+        try:
+            on_disk, mine = os.stat(self.path), os.fstat(self.fd)
+        except OSError:
+            return False
+        return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
+
+
+@dataclass
+class Entry:
+    """One request's records (serialised) and the future its response waits on."""
+
+    lines: list[tuple[str, bytes]]
+    future: Future[bool]
+
+
+def _settle(future: Future[bool], durable: bool) -> None:
+    if not future.done():
+        future.set_result(durable)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until everything is written; the error carries how many bytes made it (`written`)."""
+    view, done = memoryview(data), 0
+    while done < len(view):
+        try:
+            done += os.write(fd, view[done:])
+        except OSError as exc:
+            exc.written = done  # type: ignore[attr-defined]
+            raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    """A new file's directory entry is durable only once its folder is synced."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class PredictionLog:
-    """Bounded queue + writer thread; `put` is the only call on the request path."""
+    """The backlog and the writer thread; `submit` is the only call on the request path (never blocks)."""
 
-    def __init__(
-        self, root: Path, queue_size: int = 10_000, flush_seconds: float = 1.0, file_records: int = 100_000
-    ) -> None:
-        self.root = root
-        self.flush_seconds = flush_seconds
-        self.file_records = file_records
+    def __init__(self, root: Path, queue_size: int = 10_000, file_records: int = 100_000, ack: AckMode = "fsync",
+                 flush_seconds: float = 1.0, on_change: Callable[[bool, str], None] | None = None) -> None:
+        self.root, self.limit, self.file_records = root, queue_size, file_records
+        self.ack, self.flush_seconds, self.on_change = ack, flush_seconds, on_change
         self.writer_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self.queue: queue.Queue[object] = queue.Queue(maxsize=queue_size)
-        self.written = 0
+        self.written = self.dropped = self.lost = self.commits = 0
+        self.degraded_reason = ""
+        self._deadline = float("inf")
+        self._queue: deque[Entry] = deque()
+        self._backlog = 0
+        self._cond = threading.Condition()
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="prediction-log-writer", daemon=True)
-        self._file: IO[str] | None = None
-        self._file_date = ""
-        self._file_count = 0
+        self._part: Part | None = None
         self._seq = 0
         self._last_sync = time.monotonic()
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.degraded_reason)
+
+    @property
+    def backlog(self) -> int:
+        """Records accepted but not yet durable (queued or held by a failing writer)."""
+        return self._backlog
 
     def start(self) -> None:
         self._thread.start()
 
-    def put(self, record: dict[str, object]) -> None:
-        """Queue one record; blocks while the queue is full (never drops), fails only if the writer died."""
-        while True:
-            try:
-                self.queue.put(record, timeout=1.0)
-                return
-            except queue.Full:
-                if not self._thread.is_alive():
-                    raise RuntimeError("prediction log writer is not running") from None
+    def submit(self, records: list[dict[str, object]]) -> Future[bool]:
+        """Queue a request's records; the future turns True once they are durable, False if the disk
+        is failing now (they stay queued and are written later). LogFull when the backlog is at its bound."""
+        lines = [(str(r["timestamp"])[:10], (json.dumps(r, default=str, separators=COMPACT) + "\n").encode())
+                 for r in records]
+        future: Future[bool] = Future()
+        with self._cond:
+            if self._backlog >= self.limit:
+                self.dropped += len(lines)
+                raise LogFull(f"prediction log backlog at its limit of {self.limit} records")
+            if self.degraded or self.ack == "queued" or not self._thread.is_alive():
+                _settle(future, self.ack == "queued" and not self.degraded)
+            self._queue.append(Entry(lines, future))
+            self._backlog += len(lines)
+            self._cond.notify()
+        return future
 
     def close(self, timeout: float = 30.0) -> None:
-        """Drain everything queued, fsync and close (called from the app's shutdown)."""
+        """Write everything accepted, fsync and close (the app's shutdown); a failing disk is retried
+        until `timeout`, then what is left is reported as lost."""
+        with self._cond:
+            self._stopping = True
+            self._deadline = time.monotonic() + timeout
+            self._cond.notify()
         if self._thread.is_alive():
-            self.queue.put(STOP)
-            self._thread.join(timeout)
+            self._thread.join(timeout + 5)
+
+    def _take(self) -> list[Entry] | None:
+        """Everything queued (up to DRAIN_MAX records); None once stopping with nothing left."""
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait(self.flush_seconds if self.ack == "queued" else None)
+                if self.ack == "queued" and not self._queue:
+                    return []
+            if not self._queue:
+                return None
+            taken, count = [], 0
+            while self._queue and count < DRAIN_MAX:
+                entry = self._queue.popleft()
+                taken.append(entry)
+                count += len(entry.lines)
+            return taken
 
     def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            batch = self._take()
-            stopping = any(item is STOP for item in batch)
-            records = [item for item in batch if isinstance(item, dict)]
-            if records:
-                self._write_with_retry(records)
-            if stopping or time.monotonic() - self._last_sync >= self.flush_seconds:
-                self._sync()
-        self._close_file()
+        while (batch := self._take()) is not None:
+            lines = [line for entry in batch for line in entry.lines]
+            if lines:
+                self._commit_until_done(batch, lines)
+            else:
+                self._sync_if_due()
+        self._close_part()
 
-    def _take(self) -> list[object]:
-        """Wait up to the flush interval for a first record, then take whatever else is queued."""
-        try:
-            batch = [self.queue.get(timeout=self.flush_seconds)]
-        except queue.Empty:
-            return []
-        while len(batch) < DRAIN_MAX:
-            try:
-                batch.append(self.queue.get_nowait())
-            except queue.Empty:
-                break
-        return batch
+    def _sync_if_due(self) -> None:
+        """In `queued` mode records are fsynced at least every `flush_seconds`."""
+        part = self._part
+        if part is not None and time.monotonic() - self._last_sync >= self.flush_seconds:
+            self._guard(lambda: os.fsync(part.fd))
+            self._last_sync = time.monotonic()
 
-    def _write_with_retry(self, records: list[dict[str, object]]) -> None:
-        """A full disk or a vanished folder must not lose records: retry until it works."""
-        lines = [(str(r["timestamp"])[:10], json.dumps(r, default=str, separators=COMPACT)) for r in records]
+    def _commit_until_done(self, batch: list[Entry], lines: list[tuple[str, bytes]]) -> None:
+        """Retry with backoff until the batch is on disk; while failing, later records join the held batch."""
+        delay = RETRY_FIRST
         while True:
             try:
-                self._write(lines)
-                return
-            except OSError:
-                log.exception("prediction log write failed; retrying in 1 s")
-                self._close_file()
-                time.sleep(1.0)
+                self._commit(lines)
+                break
+            except OSError as exc:
+                self._degrade(exc, batch)
+                with self._cond:
+                    if self._stopping and time.monotonic() >= self._deadline:
+                        log.error("prediction log: %d records not written at shutdown (%s)", len(lines), exc)
+                        self._backlog -= len(lines)
+                        self.lost += len(lines)
+                        return
+                    self._cond.wait(delay)
+                    while self._queue:
+                        entry = self._queue.popleft()
+                        batch.append(entry)
+                        lines.extend(entry.lines)
+                        _settle(entry.future, False)
+                delay = min(delay * 2, RETRY_MAX)
+        self.commits += 1
+        if self.degraded:
+            self._recover()
+        for entry in batch:
+            _settle(entry.future, True)
 
-    def _write(self, lines: list[tuple[str, str]]) -> None:
-        for day, line in lines:
-            handle = self._handle(day)
-            handle.write(line + "\n")
-            self._file_count += 1
-            self.written += 1
-
-    def _handle(self, day: str) -> IO[str]:
-        """The open part file for the record's day; a new part on a new day or when the part is full."""
-        if self._file is None or day != self._file_date or self._file_count >= self.file_records:
-            self._close_file()
-            self._seq += 1
-            folder = self.root / f"date={day}"
-            folder.mkdir(parents=True, exist_ok=True)
-            path = folder / f"part-{self.writer_id}-{self._seq:05d}.jsonl"
-            self._file = open(path, "a", encoding="utf-8")  # noqa: SIM115 - kept open across batches
-            self._file_date, self._file_count = day, 0
-        return self._file
-
-    def _sync(self) -> None:
-        if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-        self._last_sync = time.monotonic()
-
-    def _close_file(self) -> None:
-        if self._file is not None:
+    def _commit(self, lines: list[tuple[str, bytes]]) -> None:
+        """Append and fsync the lines, day by day; what is committed leaves `lines`, so a retry after an
+        error writes only the rest. A partial write is truncated away before the error goes up."""
+        while lines:
+            day = lines[0][0]
+            count = next((i for i, (d, _) in enumerate(lines) if d != day), len(lines))
+            part = self._open(day)
+            data = b"".join(line for _, line in lines[:count])
             try:
-                self._sync()
-            finally:
-                self._file.close()
-                self._file = None
+                _write_all(part.fd, data)
+                if self.ack == "fsync" or time.monotonic() - self._last_sync >= self.flush_seconds:
+                    os.fsync(part.fd)
+                    self._last_sync = time.monotonic()
+            except OSError as exc:
+                self._undo(part, lines, getattr(exc, "written", len(data)))
+                raise
+            if not part.linked():
+                log.error("prediction log file %s was deleted or replaced; rewriting its last batch", part.path)
+                self._close_part()
+                continue
+            part.size += len(data)
+            part.records += count
+            self._committed(lines, count)
+
+    def _committed(self, lines: list[tuple[str, bytes]], count: int) -> None:
+        del lines[:count]
+        with self._cond:
+            self._backlog -= count
+            self.written += count
+
+    def _undo(self, part: Part, lines: list[tuple[str, bytes]], written: int) -> None:
+        """Cut the file back to before this write; if that fails, keep the whole lines it did write
+        (they are on disk) and leave the file, so no record is written twice."""
+        try:
+            os.ftruncate(part.fd, part.size)
+            return
+        except OSError:
+            pass
+        done, end = 0, 0
+        for _, line in lines:
+            if end + len(line) > written:
+                break
+            end += len(line)
+            done += 1
+        self._committed(lines, done)
+        self._close_part()
+
+    def _open(self, day: str) -> Part:
+        """The part file for the day: a new one on a new day, when full, or when the old one vanished."""
+        part = self._part
+        if part is not None and part.day == day and part.records < self.file_records and part.linked():
+            return part
+        self._close_part()
+        self._seq += 1
+        folder = self.root / f"date={day}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"part-{self.writer_id}-{self._seq:05d}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._part = Part(day, path, fd, os.fstat(fd).st_size)
+        _fsync_dir(folder)
+        return self._part
+
+    def _close_part(self) -> None:
+        if self._part is not None:
+            part, self._part = self._part, None
+            self._guard(lambda: os.fsync(part.fd))
+            self._guard(lambda: os.close(part.fd))
+
+    def _guard(self, step: Callable[[], object]) -> None:
+        try:
+            step()
+        except OSError as exc:
+            log.warning("prediction log: %s", exc)
+
+    def _degrade(self, exc: OSError, batch: list[Entry]) -> None:
+        for entry in batch:
+            _settle(entry.future, False)
+        if self.degraded:
+            return
+        self.degraded_reason = f"{type(exc).__name__}: {exc.strerror or exc}"
+        log.error("prediction log cannot write to %s (%s); holding records and retrying", self.root,
+                  self.degraded_reason)
+        if self.on_change is not None:
+            self.on_change(True, self.degraded_reason)
+
+    def _recover(self) -> None:
+        reason, self.degraded_reason = self.degraded_reason, ""
+        log.warning("prediction log writes again (was: %s)", reason)
+        if self.on_change is not None:
+            self.on_change(False, reason)
 
 
 def _complete_lines(path: Path) -> bytes:

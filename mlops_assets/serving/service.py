@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +22,7 @@ from mlops_assets.contract import LOG_FEATURES, LOG_INPUTS, LOG_PREDICTION, PRED
 from mlops_assets.features.online_store import OnlineStore, PushResult
 from mlops_assets.features.request_features import calendar_values, prediction_time
 from mlops_assets.project.loading import load_project
+from mlops_assets.serving.alerts import ServingAlerts
 from mlops_assets.serving.answers import clean, explain_one, logged_prediction, outcome
 from mlops_assets.serving.config import ConfigError, ServingConfig
 from mlops_assets.serving.errors import ClientError
@@ -28,7 +30,7 @@ from mlops_assets.serving.experiment import choose_arm, resolve_split_key, split
 from mlops_assets.serving.features import Lookup, OnlineFeatures
 from mlops_assets.serving.metrics import Metrics
 from mlops_assets.serving.models import Arms, LoadedModel, ModelSlot, RegistryWatcher
-from mlops_assets.serving.predlog import PredictionLog
+from mlops_assets.serving.predlog import LogFull, PredictionLog
 from mlops_assets.serving.schemas import request_models
 
 
@@ -68,12 +70,14 @@ class Service:
         self.slot = ModelSlot(self.project.used_views)
         self.store = OnlineStore(config.online_store)
         self.features = OnlineFeatures(self.store, self.project, self.project.used_views)
-        self.log = PredictionLog(config.prediction_log_dir, config.log_queue_size, config.log_flush_seconds,
-                                 config.log_file_records)
+        assert config.alerts_path is not None
+        self.alerts = ServingAlerts(config.alerts_path, config.alert_webhook)
+        self.log = PredictionLog(config.prediction_log_dir, config.log_queue_size, config.log_file_records,
+                                 config.log_ack, config.log_flush_seconds, on_change=self._log_changed)
         client = MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.effective_registry_uri)
         arms = ("champion",) if config.experiment == "off" else ("champion", "challenger")
         self.watcher = RegistryWatcher(client, self.project, self.slot, self.metrics, arms, config.poll_seconds,
-                                       also=self.features.refresh)
+                                       also=self.features.refresh, alert=self.alerts.send)
 
     def start(self) -> None:
         """Threads start here; a short GIL switch interval keeps the log writer and registry poller
@@ -91,6 +95,19 @@ class Service:
     @property
     def ready(self) -> bool:
         return self.slot.arms.champion is not None
+
+    def _log_changed(self, failing: bool, reason: str) -> None:
+        """The prediction log writer lost (or regained) its disk: alert either way."""
+        where = str(self.config.prediction_log_dir)
+        if failing:
+            policy = ("answering with X-Prediction-Log: not-logged" if self.config.log_unavailable == "answer"
+                      else "refusing predictions with 503")
+            self.alerts.send("ERROR", f"prediction log cannot be written ({reason}); {policy}, records held "
+                                      f"in memory (up to {self.config.log_queue_size})",
+                             {"log_dir": where, "reason": reason})
+        else:
+            self.alerts.send("WARN", f"prediction log writes again (was: {reason}); held records written",
+                             {"log_dir": where})
 
     def push(self, source: str, events: list[object]) -> PushResult:
         """Store pushed events of a source (every worker applies them before its next request)."""
@@ -129,8 +146,9 @@ class Service:
         return out
 
     def predict(self, instances: list[BaseModel], explain: bool, request_id: str, endpoint: str,
-                started: float, single: bool = True) -> list[dict[str, object]]:
-        """Score every instance with its arm (one matrix per arm), answer, and queue the log records."""
+                started: float, single: bool = True) -> tuple[list[dict[str, object]], Future[bool] | None]:
+        """Score every instance with its arm (one matrix per arm); the answers, and the future that says
+        when their log records are durable (None: not accepted by the log)."""
         arms = self.slot.arms
         if arms.champion is None:
             raise NotReady
@@ -146,8 +164,7 @@ class Service:
         shadow = arms.challenger if self.config.experiment == "shadow" else None
         if shadow is not None:
             self._score(shadow, "shadow", items, False, list(range(len(items))), None, records)
-        self._log(records, request_id, endpoint, (time.perf_counter() - started) * 1000)
-        return answers
+        return answers, self._log(records, request_id, endpoint, (time.perf_counter() - started) * 1000)
 
     def _score(self, loaded: LoadedModel | None, arm: str, items: list[Prepared], explain: bool,
                positions: list[int], answers: list[dict[str, object]] | None,
@@ -182,18 +199,22 @@ class Service:
                 LOG_PREDICTION: logged_prediction(fields), "feature_freshness": item.lookup.freshness,
                 "missing_features": missing}
 
-    def _log(self, records: list[dict[str, object]], request_id: str, endpoint: str, latency_ms: float) -> None:
+    def _log(self, records: list[dict[str, object]], request_id: str, endpoint: str,
+             latency_ms: float) -> Future[bool] | None:
         now = datetime.now(UTC).isoformat()
         for record in records:
             record.update(request_id=request_id, timestamp=now, endpoint=endpoint, latency_ms=latency_ms)
-            self.log.put(record)
+        try:
+            return self.log.submit(records)
+        except LogFull:
+            return None
 
-    def log_refusal(self, request_id: str, endpoint: str, status: int, detail: object, started: float) -> None:
+    def log_refusal(self, request_id: str, endpoint: str, status: int, detail: object,
+                    started: float) -> Future[bool] | None:
         """A refused or failed request is a log record too (status and reason, no inputs)."""
-        self.log.put({"request_id": request_id, "timestamp": datetime.now(UTC).isoformat(), "endpoint": endpoint,
-                      "status": status, "arm": None,
-                      "error": detail if isinstance(detail, str) else json.dumps(detail),
-                      "latency_ms": (time.perf_counter() - started) * 1000})
+        return self._log([{"status": status, "arm": None,
+                           "error": detail if isinstance(detail, str) else json.dumps(detail)}],
+                         request_id, endpoint, (time.perf_counter() - started) * 1000)
 
 
 def _plain(value: object) -> object:

@@ -1,0 +1,164 @@
+"""The prediction log is durable before a request is answered, and survives a full disk and a deleted
+folder: real service (TestClient), real registry, a real small tmpfs as the full disk (root only)."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from mlops_assets.serving.app import create_app
+from mlops_assets.serving.predlog import PredictionLog
+from mlops_assets_tests.serving_fixtures import Platform, build_flights, log_lines
+
+
+@pytest.fixture(scope="module")
+def flights(tmp_path_factory: pytest.TempPathFactory) -> Platform:
+    return build_flights(tmp_path_factory.mktemp("predlog"))
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll with a deadline (the writer retries with backoff up to 2 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs: a disk that really fills up (ENOSPC from the kernel, nothing injected)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Write a filler file until the kernel says the disk is full."""
+    filler = disk / "filler"
+    with filler.open("wb", buffering=0) as handle:
+        while True:
+            try:
+                handle.write(b"x" * 4096)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+                return filler
+
+
+def ids_on_disk(log_dir: Path) -> Counter[str]:
+    files = sorted(log_dir.glob("date=*/part-*.jsonl"))
+    return Counter(json.loads(line)["request_id"] for path in files for line in path.read_text().splitlines())
+
+
+def test_an_answer_comes_only_after_its_record_is_on_disk(flights: Platform, tmp_path: Path) -> None:
+    config = flights.config(tmp_path, log_flush_seconds=3600.0)
+    instances = flights.requests(6)
+    with TestClient(create_app(config)) as client:
+        for instance in instances[:3]:
+            response = client.post("/v1/predict", json=instance)
+            assert response.headers["x-prediction-log"] == "durable"
+            assert response.json()["request_id"] in {r["request_id"] for r in log_lines(config)}
+        batch = client.post("/v1/predict/batch", json={"instances": instances})
+        refused = client.post("/v1/predict", json={**instances[0], "origin": "BOS"})
+        on_disk = Counter(r["request_id"] for r in log_lines(config))
+        assert on_disk[batch.json()["request_id"]] == 6 and on_disk[refused.json()["request_id"]] == 1
+        assert refused.status_code == 422 and refused.headers["x-prediction-log"] == "durable"
+
+
+def test_a_full_disk_degrades_the_service_which_writes_every_record_once_space_returns(
+        flights: Platform, tmp_path: Path, small_disk: Path) -> None:
+    alerts = tmp_path / "alerts.jsonl"
+    config = flights.config(tmp_path, log_dir=small_disk / "log", alerts_path=alerts)
+    instances = flights.requests(40)
+    with TestClient(create_app(config)) as client:
+        answered = [client.post("/v1/predict", json=instances[0]).json()["request_id"]]
+        filler = fill(small_disk)
+        during = [client.post("/v1/predict/batch", json={"instances": instances[i:i + 10]}) for i in range(0, 40, 10)]
+        assert [r.status_code for r in during] == [200] * 4
+        assert {r.headers["x-prediction-log"] for r in during} == {"not-logged"}
+        assert client.get("/ready").status_code == 503
+        health = client.get("/health").json()
+        assert health["status"] == "degraded" and "No space left" in health["prediction_log"]["reason"]
+        assert "mlops_serving_prediction_log_degraded 1" in client.get("/metrics").text
+        assert eventually(lambda: alerts.exists() and "cannot be written" in alerts.read_text())
+        filler.unlink()
+        assert eventually(lambda: client.get("/ready").status_code == 200)
+        after = client.post("/v1/predict", json=instances[1])
+        assert after.headers["x-prediction-log"] == "durable"
+        answered += [r.json()["request_id"] for r in during] + [after.json()["request_id"]]
+        assert eventually(lambda: "writes again" in alerts.read_text())
+    counts = ids_on_disk(config.prediction_log_dir)
+    assert {rid: counts[rid] for rid in answered} == {answered[0]: 1, **{rid: 10 for rid in answered[1:5]},
+                                                      answered[5]: 1}
+    assert sum(counts.values()) == 42
+
+
+def test_with_refuse_a_full_disk_answers_503_until_space_returns(flights: Platform, tmp_path: Path,
+                                                                small_disk: Path) -> None:
+    config = flights.config(tmp_path, log_dir=small_disk / "log", log_unavailable="refuse",
+                            alerts_path=tmp_path / "alerts.jsonl")
+    instance = flights.requests(1)[0]
+    with TestClient(create_app(config)) as client:
+        filler = fill(small_disk)
+        first = client.post("/v1/predict", json=instance)
+        assert first.status_code == 503 and "prediction log cannot be written" in first.json()["detail"]
+        assert client.post("/v1/predict", json=instance).status_code == 503
+        filler.unlink()
+        assert eventually(lambda: client.get("/ready").status_code == 200)
+        assert client.post("/v1/predict", json=instance).status_code == 200
+
+
+def test_a_deleted_log_folder_is_recreated_and_loses_no_later_record(flights: Platform, tmp_path: Path) -> None:
+    config = flights.config(tmp_path)
+    instances = flights.requests(10)
+    with TestClient(create_app(config)) as client:
+        before = [client.post("/v1/predict", json=i).json()["request_id"] for i in instances[:5]]
+        assert set(before) <= set(ids_on_disk(config.prediction_log_dir))
+        shutil.rmtree(config.prediction_log_dir)
+        after = [client.post("/v1/predict", json=i) for i in instances[5:]]
+        assert {r.headers["x-prediction-log"] for r in after} == {"durable"}
+        text = client.get("/metrics").text
+    counts = ids_on_disk(config.prediction_log_dir)
+    assert {r.json()["request_id"] for r in after} == set(counts) and set(counts.values()) == {1}
+    assert "mlops_serving_prediction_log_records_total 10" in text
+
+
+def test_a_batch_cut_by_a_full_disk_is_written_once_and_in_order(tmp_path: Path, small_disk: Path) -> None:
+    """The write that hits ENOSPC mid-batch is truncated away; the retry writes the batch exactly once."""
+    changes: list[bool] = []
+    plog = PredictionLog(small_disk / "log", on_change=lambda failing, _: changes.append(failing))
+    plog.start()
+    first = plog.submit([{"request_id": "r0", "timestamp": "2013-02-10T00:00:00+00:00"}])
+    assert first.result(timeout=30)
+    filler = fill(small_disk)
+    filler.write_bytes(b"x" * (filler.stat().st_size - 2000))
+    records = [{"request_id": f"r{i}", "timestamp": "2013-02-10T00:00:00+00:00", "pad": "p" * 400}
+               for i in range(1, 101)]
+    futures = [plog.submit(records[i:i + 25]) for i in range(0, 100, 25)]
+    assert [f.result(timeout=30) for f in futures] == [False] * 4 and plog.degraded
+    filler.unlink()
+    assert eventually(lambda: not plog.degraded)
+    plog.close()
+    lines = [json.loads(line) for path in sorted((small_disk / "log").rglob("*.jsonl"))
+             for line in path.read_text().splitlines()]
+    assert [r["request_id"] for r in lines] == [f"r{i}" for i in range(101)]
+    assert changes == [True, False] and plog.written == 101 and plog.backlog == 0
