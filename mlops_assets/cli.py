@@ -80,8 +80,11 @@ def _create_storage(home: Path) -> None:
         pass
 
 
-def mlflow_ui(port: int) -> int:
-    """The MLflow UI on the profile's own store (SQLite or PostgreSQL), bound to loopback."""
+def mlflow_ui(port: int, writable: bool = False) -> int:
+    """The MLflow UI on the profile's own store, bound to loopback, and read-only unless `writable`:
+    the store itself is opened read-only (SQLite `mode=ro`, PostgreSQL `default_transaction_read_only`),
+    so no request through the UI or its REST API can move an alias or retag a version behind the
+    platform's back; approve_model and rollback_model make those changes and record who did."""
     from mlops_assets.tracking import MlflowResource
 
     tracking = MlflowResource()
@@ -89,8 +92,22 @@ def mlflow_ui(port: int) -> int:
         print(f"MLflow is served by {tracking.tracking_uri}; open it there")
         return 0
     tracking.configure()
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking.tracking_uri,
-               "--host", "127.0.0.1", "--port", str(port)]
+    tracking.client().search_registered_models(max_results=1)  # creates the tables of a new store
+
+    def read_only(uri: str) -> str:
+        if uri.startswith("sqlite:///"):
+            return f"sqlite:///file:{uri.removeprefix('sqlite:///')}?mode=ro&uri=true"
+        if uri.startswith(("postgresql", "postgres")):
+            return uri + ("&" if "?" in uri else "?") + "options=-c%20default_transaction_read_only%3Don"
+        raise ValueError(f"cannot open {uri.split(':', 1)[0]} stores read-only; run mlflow-ui --writable")
+
+    stores = [tracking.tracking_uri, tracking.effective_registry_uri]
+    if not writable:
+        stores = [read_only(uri) for uri in stores]
+        print("MLflow UI read-only: aliases move through approve_model / rollback_model "
+              "(mlops-assets mlflow-ui --writable to allow changes)", flush=True)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", stores[0],
+               "--registry-store-uri", stores[1], "--host", "127.0.0.1", "--port", str(port)]
     os.execvp(command[0], command)
 
 
@@ -323,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
                          help="periods that land one by one")
     ui = sub.add_parser("mlflow-ui", help="the MLflow UI on the profile's store, on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--writable", action="store_true", help="allow changes through the UI and its REST API "
+                    "(default: read-only; alias moves then bypass the platform's record of who moved them)")
     sub.add_parser("init", help="create the Dagster home in the state folder and print it")
     args = parser.parse_args(argv)
     try:
@@ -350,7 +369,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "monitor":
         return materialize_period(list(MONITORS), args.period)
     if args.command == "mlflow-ui":
-        return mlflow_ui(args.port)
+        return mlflow_ui(args.port, args.writable)
     print(ensure_dagster_home())
     return 0
 

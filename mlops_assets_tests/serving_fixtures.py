@@ -14,6 +14,7 @@ import math
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
@@ -147,8 +148,9 @@ class Platform:
             out.append({k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()})
         return out
 
-    def log_version(self, model: ScoringModel, name: str | None = None) -> str:
-        """Log as pyfunc (as the trainer does) and register a new version of the project's model."""
+    def log_version(self, model: ScoringModel, name: str | None = None, tags: dict[str, str] | None = None) -> str:
+        """Log as pyfunc (as the trainer does) and register a new version of the project's model
+        (by default tagged as blessed and infra-validated, as the pipeline's gates leave it)."""
         mlflow.set_tracking_uri(self.tracking_uri)
         mlflow.set_registry_uri(self.tracking_uri)
         experiment = mlflow.get_experiment_by_name("serving_tests")
@@ -163,7 +165,8 @@ class Platform:
             client.get_registered_model(name)
         except MlflowException:
             client.create_registered_model(name)
-        registered = client.create_model_version(name, info.model_uri, run_id=run.info.run_id, tags=GOVERNED)
+        registered = client.create_model_version(name, info.model_uri, run_id=run.info.run_id,
+                                                 tags=GOVERNED if tags is None else tags)
         if name == self.model_name:
             self.models[str(registered.version)] = model
         return str(registered.version)
@@ -369,6 +372,16 @@ class ConcurrentLoad:
                 return True
             time.sleep(0.02)
         return False
+
+
+def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
+    """Poll with a deadline (background threads: the log writer retries with backoff up to 2 s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
 
 
 def log_lines(config: ServingConfig) -> list[dict[str, object]]:

@@ -8,9 +8,8 @@ import json
 import os
 import shutil
 import subprocess
-import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +17,13 @@ from fastapi.testclient import TestClient
 
 from mlops_assets.serving.app import create_app
 from mlops_assets.serving.predlog import PredictionLog
-from mlops_assets_tests.serving_fixtures import Platform, build_flights, log_lines
+from mlops_assets_tests.serving_fixtures import Platform, build_flights, eventually, log_lines
 
 
 @pytest.fixture(scope="module")
 def flights(tmp_path_factory: pytest.TempPathFactory) -> Platform:
     return build_flights(tmp_path_factory.mktemp("predlog"))
 
-
-def eventually(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    """Poll with a deadline (the writer retries with backoff up to 2 s)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 @pytest.fixture()

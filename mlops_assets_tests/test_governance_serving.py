@@ -1,0 +1,147 @@
+"""Governance where models are served: the service serves only versions whose blessing, infra validation
+and alias move are recorded; registry errors are not "no champion"; `make mlflow` cannot write.
+Real SQLite MLflow stores, the real app, a real `mlflow ui` subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+
+from mlops_assets.registry import registry
+from mlops_assets.serving.app import create_app
+from mlops_assets.serving.governance import alias_version
+from mlops_assets_tests.serving_fixtures import Platform, build_flights, eventually
+
+NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+@pytest.fixture(scope="module")
+def flights_built(tmp_path_factory: pytest.TempPathFactory) -> Platform:
+    platform = build_flights(tmp_path_factory.mktemp("governance"))
+    platform.log_version(platform.models["2"], tags={"blessed": "false", "blessing_reasons": "AUC below floor"})
+    return platform
+
+
+@pytest.fixture()
+def flights(flights_built: Platform) -> Platform:
+    flights_built.move("champion", "1")
+    return flights_built
+
+
+
+def served_version(client: TestClient, platform: Platform) -> str:
+    return client.post("/v1/predict", json=platform.requests(1)[0]).json()["model"]["version"]
+
+
+def test_an_alias_moved_outside_the_platform_is_not_served(flights: Platform, tmp_path: Path) -> None:
+    alerts = tmp_path / "alerts.jsonl"
+    mlflow = flights.client()
+    with TestClient(create_app(flights.config(tmp_path, alerts_path=alerts))) as client:
+        watcher = client.app.state.service.watcher  # type: ignore[attr-defined]
+        assert served_version(client, flights) == "1"
+        mlflow.set_registered_model_alias(flights.model_name, "champion", "3")  # unblessed, as a REST call would
+        watcher.safe_refresh()
+        assert served_version(client, flights) == "1"
+        health = client.get("/health").json()
+        assert health["status"] == "degraded" and "no recorded blessing" in health["governance"]["reason"]
+        assert health["governance"]["serving"] == "1"
+        text = client.get("/metrics").text
+        assert "mlops_serving_governance_blocked 1" in text and "ungoverned_versions_refused_total 1" in text
+        assert eventually(lambda: alerts.exists() and "ungoverned version" in alerts.read_text())
+        mlflow.set_registered_model_alias(flights.model_name, "champion", "2")  # blessed, but not recorded
+        watcher.safe_refresh()
+        assert served_version(client, flights) == "1"
+        assert "not in the alias history" in client.get("/health").json()["governance"]["reason"]
+        flights.move("champion", "2")
+        watcher.safe_refresh()
+        assert served_version(client, flights) == "2"
+        assert client.get("/health").json()["status"] == "ok"
+        assert "mlops_serving_governance_blocked 0" in client.get("/metrics").text
+    assert [json.loads(line)["source"] for line in alerts.read_text().splitlines()] == ["serving", "serving"]
+
+
+def test_an_ungoverned_champion_at_start_is_not_served(flights: Platform, tmp_path: Path) -> None:
+    flights.client().set_registered_model_alias(flights.model_name, "champion", "3")
+    with TestClient(create_app(flights.config(tmp_path, alerts_path=tmp_path / "alerts.jsonl"))) as client:
+        assert client.get("/ready").status_code == 503
+        assert client.post("/v1/predict", json=flights.requests(1)[0]).status_code == 503
+
+
+def test_alias_version_is_none_only_for_not_found(flights: Platform, monkeypatch: pytest.MonkeyPatch) -> None:
+    client = flights.client()
+    assert alias_version(client, flights.model_name, "champion") == "1"
+    assert alias_version(client, flights.model_name, "no_such_alias") is None
+    assert alias_version(client, "no_such_model", "champion") is None
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    down = MlflowClient(tracking_uri=closed, registry_uri=closed)
+    with pytest.raises(MlflowException):
+        registry.alias_version(down, flights.model_name, "champion")
+    with pytest.raises(MlflowException):
+        registry.alias_history(down, flights.model_name)
+
+
+def http(url: str, body: dict | None = None) -> tuple[int, bytes]:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with NO_PROXY.open(request, timeout=10) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+@pytest.fixture()
+def mlflow_ui(flights: Platform, tmp_path: Path) -> Iterator[str]:
+    """`mlops-assets mlflow-ui` (what `make mlflow` runs) on a copy of the test registry."""
+    state = tmp_path / "state"
+    (state / "mlflow").mkdir(parents=True)
+    (state / "mlflow" / "mlflow.db").write_bytes((flights.root / "mlflow.db").read_bytes())
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MLOPS_"))}
+    env.update(MLOPS_STATE_DIR=str(state))
+    log = (tmp_path / "ui.log").open("wb")
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "mlops-assets"), "mlflow-ui", "--port", str(port)], env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert eventually(lambda: http(f"{base}/health")[0] == 200 or proc.poll() is not None, timeout=120)
+        assert proc.poll() is None, (tmp_path / "ui.log").read_text()[-2000:]
+        yield base
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_make_mlflow_serves_a_read_only_registry(flights: Platform, mlflow_ui: str) -> None:
+    name = flights.model_name
+    status, body = http(f"{mlflow_ui}/api/2.0/mlflow/registered-models/get?name={name}")
+    assert status == 200 and json.loads(body)["registered_model"]["name"] == name
+    status, _ = http(f"{mlflow_ui}/api/2.0/mlflow/registered-models/alias",
+                     {"name": name, "alias": "champion", "version": "3"})
+    assert status >= 400
+    status, _ = http(f"{mlflow_ui}/api/2.0/mlflow/model-versions/set-tag",
+                     {"name": name, "version": "3", "key": "blessed", "value": "true"})
+    assert status >= 400
+    status, body = http(f"{mlflow_ui}/api/2.0/mlflow/registered-models/alias?name={name}&alias=champion")
+    assert status == 200 and json.loads(body)["model_version"]["version"] == "1"
