@@ -211,30 +211,6 @@ def push(path: Path, source: str, chunk: int = 5000) -> int:
     return 0
 
 
-def land(path: Path, table: str, period: str) -> int:
-    """Check everything first (source, period, file), then copy: a refused delivery changes nothing."""
-    from mlops_assets.lake import LANDING_SUFFIXES, Lake
-    from mlops_assets.partitions import period_key, period_partitions
-    from mlops_assets.settings import DATA_DIR
-
-    spec = _project().spec
-    if table not in spec.periodic_sources:
-        raise ValueError(f"--table {table!r}: the project {spec.name!r} declares no periodic source of that name "
-                         f"(periodic sources: {', '.join(spec.periodic_sources)})")
-    shape = "YYYY-MM" if spec.granularity == "month" else "YYYY-MM-DD"
-    try:
-        key = period_key(period, spec.granularity)
-    except ValueError:
-        raise ValueError(f"--period {period!r} is not a {spec.granularity} ({shape})") from None
-    if key not in period_partitions(spec).get_partition_keys():
-        raise ValueError(f"--period {period}: outside the project's calendar ({spec.start} to the current period)")
-    if not path.is_file() or path.suffix not in LANDING_SUFFIXES:
-        raise ValueError(f"{path}: not a readable .csv or .parquet file")
-    target = Lake(state_dir(), DATA_DIR).land(path, table, period)
-    print(f"landed {path} as {table} {period}: {target}")
-    return 0
-
-
 def replay(period: str) -> int:
     """Send the period's examples through the in-process service (events pushed as they become known),
     then table the log."""
@@ -300,17 +276,16 @@ def periods_between(project, spec: str) -> list[str]:
 
 
 def deliver(lake, project, period: str) -> None:
-    """The upstream system delivers the period of every periodic source as a parquet file in the landing folder."""
+    """The upstream system drops the period of every periodic source as a parquet file into the landing inbox."""
     from mlops_assets.ingestion.batches import embedded_period
     from mlops_assets.partitions import period_bounds, period_key
 
     spec = project.spec
     for source in spec.periodic_sources:
         bounds = period_bounds(period_key(period, spec.granularity), spec.granularity, spec.sources[source].time_zone)
-        path = lake.root / "deliveries" / f"{source}_{period}.parquet"
+        path = lake.landing_dir / source / f"{period}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
         embedded_period(project, source, *bounds).write_parquet(path)
-        lake.land(path, source, period)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,6 +300,15 @@ def main(argv: list[str] | None = None) -> int:
     landing.add_argument("path", type=Path)
     landing.add_argument("--table", required=True, help="a periodic source of the project")
     landing.add_argument("--period", "--month", dest="period", required=True, help="the period the file holds")
+    listing = sub.add_parser("deliveries", help="every delivered file with its status (pending, ingested, ...)")
+    listing.add_argument("--source", default=None)
+    for name, text in (("ingest", "ingest pending deliveries of one period now (ingestion through registry)"),
+                       ("retry", "make failed, rejected or superseded deliveries pending again")):
+        again = sub.add_parser(name, help=text)
+        again.add_argument("ids", nargs="+", help="delivery ids (d000012 or 12)")
+    discarding = sub.add_parser("discard", help="retire a delivery that must never be ingested (bytes are kept)")
+    discarding.add_argument("id")
+    discarding.add_argument("--reason", required=True)
     pushing = sub.add_parser("push", help="push events of a source (JSON lines, CSV, parquet) to the online store")
     pushing.add_argument("path", type=Path)
     pushing.add_argument("--source", required=True, help="the source the events belong to")
@@ -351,13 +335,27 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def _deliveries_command(args: argparse.Namespace) -> int:
+    from mlops_assets import cli_deliveries
+
+    if args.command == "land":
+        return cli_deliveries.land(args.path, args.table, args.period)
+    if args.command == "deliveries":
+        return cli_deliveries.deliveries(args.source)
+    if args.command == "discard":
+        return cli_deliveries.discard(args.id, args.reason)
+    if args.command == "retry":
+        return cli_deliveries.retry(args.ids)
+    return cli_deliveries.ingest(args.ids)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return run_pipeline(args.periods)
     if args.command == "check":
         return check(args.project_file)
-    if args.command == "land":
-        return land(args.path, args.table, args.period)
+    if args.command in ("land", "deliveries", "ingest", "retry", "discard"):
+        return _deliveries_command(args)
     if args.command == "push":
         return push(args.path, args.source)
     if args.command == "story":

@@ -17,7 +17,7 @@ warnings.filterwarnings("ignore", category=dg.BetaWarning)
 
 from mlops_assets.alerts import AlertSink
 from mlops_assets.automation.sensors import (
-    landing_folder_sensor,
+    landing_sensor,
     monitor_retraining_sensor,
     retraining_schedule,
     run_failure_alert,
@@ -88,6 +88,13 @@ def _jobs(project: Project) -> list[dg.UnresolvedAssetJobDefinition]:
     ]
 
 
+def after_ingestion(assets: list[dg.AssetsDefinition], project: Project) -> list[dg.AssetKey]:
+    """What a landed period's run carries the delivered sources through: all but ingestion, scoring, monitoring."""
+    skipped = set(project.periodic_sources) | {"batch_predictions"}
+    return [key for a in assets for key in a.keys
+            if key.to_user_string() not in skipped and a.group_names_by_key.get(key) != "monitoring"]
+
+
 def build_definitions(project_file: Path | None = None, resources: dict | None = None) -> dg.Definitions:
     project_file = project_file or project_path()
     project = load_project(project_file).spec
@@ -100,7 +107,7 @@ def build_definitions(project_file: Path | None = None, resources: dict | None =
     return dg.Definitions(
         assets=assets, asset_checks=[serving_infra_validation],
         jobs=[*_jobs(project), approve_model, rollback_champion],
-        sensors=[landing_folder_sensor, run_failure_alert, monitor_retraining_sensor, monitoring_automation(project)],
+        sensors=[landing_sensor(after_ingestion(assets, project)), run_failure_alert, monitor_retraining_sensor, monitoring_automation(project)],
         schedules=[retraining_schedule],
         resources={**default_resources, **(resources or {})}, executor=EXECUTORS[executor_name()](),
     )

@@ -1,4 +1,4 @@
-"""The local data lake: embedded sample data, landing folder, validated batches, quarantine, offline store.
+"""The local data lake: landing inbox, deliveries, validated batches, quarantine, offline store.
 
 Every file the pipeline reads or writes goes through `Lake`, so the layout is defined once and a
 different backend (object storage) would replace this one class.
@@ -17,11 +17,10 @@ from typing import TYPE_CHECKING
 
 import polars as pl
 
+from mlops_assets.ingestion.deliveries import DeliveryLedger
+
 if TYPE_CHECKING:
     import pandas as pd
-
-LANDING_SUFFIXES = (".parquet", ".csv")
-
 
 class BatchReadError(Exception):
     """A landed file that cannot be read as a table (truncated, corrupt, not CSV/parquet)."""
@@ -45,23 +44,6 @@ def _atomic_write_parquet(df: pl.DataFrame, path: Path) -> None:
             os.remove(tmp)
 
 
-def read_table_file(path: Path) -> pl.DataFrame:
-    """Read a CSV or parquet batch, turning any parse failure into a BatchReadError naming the file.
-
-    Declared date and datetime columns are parsed by the caller, which knows the schema.
-    """
-    if path.suffix not in LANDING_SUFFIXES:
-        raise BatchReadError(path, f"unsupported file type {path.suffix!r}; use .csv or .parquet")
-    try:
-        if path.suffix == ".parquet":
-            df = pl.read_parquet(path)
-        else:
-            df = pl.read_csv(path, null_values=["NA", ""], infer_schema_length=None)
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        raise BatchReadError(path, str(exc).splitlines()[0]) from exc
-    return df
-
-
 @dataclass(frozen=True)
 class Lake:
     """Paths and atomic reads/writes of the lake; `root` is the git-ignored state folder."""
@@ -81,25 +63,10 @@ class Lake:
     def offline_store_dir(self) -> Path:
         return self.root / "offline_store"
 
-    def landed_file(self, table: str, period: str) -> Path | None:
-        """The newest file landed for this table and period (label 2013-05 or 2013-05-06), if any."""
-        found = [self.landing_dir / table / f"{period}{s}" for s in LANDING_SUFFIXES]
-        existing = [p for p in found if p.exists()]
-        return max(existing, key=lambda p: p.stat().st_mtime) if existing else None
-
-    def land(self, source: Path, table: str, period: str) -> Path:
-        """Copy a delivered file into the landing folder as that month's batch (atomic rename)."""
-        if source.suffix not in LANDING_SUFFIXES:
-            raise BatchReadError(source, f"unsupported file type {source.suffix!r}; use .csv or .parquet")
-        target_dir = self.landing_dir / table
-        target_dir.mkdir(parents=True, exist_ok=True)
-        for stale in target_dir.glob(f"{period}.*"):
-            stale.unlink()
-        target = target_dir / f"{period}{source.suffix}"
-        tmp = target.with_suffix(target.suffix + ".tmp")
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-        return target
+    @property
+    def deliveries(self) -> DeliveryLedger:
+        """Every delivered file (immutable, by content hash) with its status, and the holds."""
+        return DeliveryLedger(self.root / "deliveries")
 
     def batch_path(self, table: str, period: str | None = None) -> Path:
         base = self.root / "warehouse" / table
@@ -127,14 +94,14 @@ class Lake:
 
     def quarantine(
         self, table: str, batch_name: str, report: dict, report_text: str,
-        df: pl.DataFrame | None = None, source_file: Path | None = None,
+        df: pl.DataFrame | None = None, source_file: Path | None = None, original_name: str | None = None,
     ) -> Path:
         """Keep a rejected batch and its report side by side; nothing is ever lost."""
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         folder = self.quarantine_dir / table / f"{batch_name}__{stamp}"
         folder.mkdir(parents=True, exist_ok=True)
         if source_file is not None:
-            shutil.copyfile(source_file, folder / source_file.name)
+            shutil.copyfile(source_file, folder / (original_name or source_file.name))
         elif df is not None:
             df.write_parquet(folder / "batch.parquet")
         (folder / "report.json").write_text(json.dumps(report, indent=2, default=str))

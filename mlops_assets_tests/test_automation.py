@@ -12,48 +12,78 @@ import polars as pl
 import pytest
 
 from mlops_assets.alerts import AlertSink
-from mlops_assets.automation.sensors import landing_folder_sensor, run_failure_alert
+from mlops_assets.automation.sensors import run_failure_alert
 from mlops_assets.definitions import build_definitions
+from mlops_assets.ingestion.deliveries import DELIVERY_TAG
 from mlops_assets.lake import Lake
 from mlops_assets.resources import LakeResource, ProjectResource
 from mlops_assets.settings import DATA_DIR, PROJECTS_DIR
 
 
-def evaluate(lake: Lake, instance: dg.DagsterInstance, cursor: str | None, project: str = "flights") -> dg.SensorResult:
-    resources = {"lake": LakeResource(state_dir=str(lake.root), data_dir=str(DATA_DIR)),
-                 "project": ProjectResource(path=str(PROJECTS_DIR / project / "project.yaml"))}
-    context = dg.build_sensor_context(cursor=cursor, instance=instance, resources=resources)
-    return landing_folder_sensor(context)
+def resources(lake: Lake, project: str = "flights") -> dict:
+    return {"lake": LakeResource(state_dir=str(lake.root), data_dir=str(DATA_DIR)),
+            "project": ProjectResource(path=str(PROJECTS_DIR / project / "project.yaml")),
+            "alerts": AlertSink(path=str(lake.root / "alerts.jsonl"), webhook_url="")}
+
+
+def evaluate(lake: Lake, instance: dg.DagsterInstance, project: str = "flights") -> dg.SensorResult:
+    sensor = build_definitions(PROJECTS_DIR / project / "project.yaml").resolve_sensor_def("landing_folder_sensor")
+    return sensor(dg.build_sensor_context(instance=instance, resources=resources(lake, project)))
 
 
 def may_2013() -> pl.DataFrame:
     return pl.scan_parquet(DATA_DIR / "flights.parquet").filter(pl.col("month") == 5).collect()
 
 
-def test_each_landed_file_starts_one_run_and_never_twice(lake: Lake, tmp_path: Path) -> None:
+def test_each_delivery_gets_its_own_run_key_and_a_relanding_is_a_new_delivery(lake: Lake, tmp_path: Path) -> None:
     instance = dg.DagsterInstance.ephemeral()
-    assert evaluate(lake, instance, None).run_requests == []
+    assert evaluate(lake, instance).run_requests == []
     may = tmp_path / "may.parquet"
     may_2013().write_parquet(may)
-    lake.land(may, "flights", "2013-05")
-    first = evaluate(lake, instance, None)
-    [request] = first.run_requests
-    assert request.partition_key == "2013-05-01" and request.run_key.startswith("flights/2013-05/")
-    assert evaluate(lake, instance, first.cursor).run_requests == []
-    lake.land(may, "flights", "2013-05")
-    restarted = evaluate(lake, dg.DagsterInstance.ephemeral(), first.cursor)
-    assert restarted.run_requests == []
-    may_2013().head(100).write_parquet(may)
-    lake.land(may, "flights", "2013-05")
-    [redelivery] = evaluate(lake, instance, restarted.cursor).run_requests
-    assert redelivery.run_key != request.run_key
+    first = lake.deliveries.add(may, "flights", "2013-05", "test")
+    [request] = evaluate(lake, instance).run_requests
+    assert request.partition_key == "2013-05-01" and request.tags[DELIVERY_TAG] == str(first.id)
+    assert request.asset_selection[0] == dg.AssetKey("flights")
+    assert dg.AssetKey("weather") not in request.asset_selection  # only the delivered source is ingested
+    assert dg.AssetKey("champion_model") in request.asset_selection
+    assert [r.run_key for r in evaluate(lake, instance).run_requests] == [request.run_key]  # same key: no rerun
+    lake.deliveries.mark_ingested(first, "run-1")
+    assert evaluate(lake, instance).run_requests == []
+    again = lake.deliveries.add(may, "flights", "2013-05", "test")  # the same bytes landed again
+    [redelivery] = evaluate(lake, instance).run_requests
+    assert redelivery.run_key != request.run_key and redelivery.tags[DELIVERY_TAG] == str(again.id)
+
+
+def test_inbox_files_become_deliveries_and_a_bad_one_is_rejected_alone(lake: Lake, tmp_path: Path) -> None:
+    """A misnamed file, a period outside the calendar and a file in an unknown folder are each rejected
+    with an alert and a quarantine copy; the good file still gets its run and the tick does not fail."""
+    inbox = lake.landing_dir
+    for relative in ("flights/2013-05.parquet", "flights/nov.csv", "flights/2012-12.csv", "flights/2013-13.csv",
+                     "lanes/2013-05.csv"):
+        (inbox / relative).parent.mkdir(parents=True, exist_ok=True)
+        may_2013().head(50).write_parquet(inbox / relative) if relative.endswith("parquet") else (
+            inbox / relative).write_text("a,b\n1,2\n")
+    result = evaluate(lake, dg.DagsterInstance.ephemeral())
+    [request] = result.run_requests
+    assert request.partition_key == "2013-05-01"
+    assert not any(inbox.rglob("*.*")), "the inbox is emptied: every file is a delivery now"
+    by_name = {(d.source, d.original_name): d for d in lake.deliveries.all()}
+    assert by_name["flights", "2013-05.parquet"].status == "pending"
+    reasons = {name: by_name[src, name].reason for src, name in by_name if by_name[src, name].status == "rejected"}
+    assert "is not <period>.csv" in reasons["nov.csv"]
+    assert "outside the project's calendar" in reasons["2012-12.csv"]
+    assert "is not a month" in reasons["2013-13.csv"]
+    assert "no periodic source" in reasons["2013-05.csv"]
+    alerts = AlertSink(path=str(lake.root / "alerts.jsonl")).read()
+    assert len(alerts) == 4 and all(a["severity"] == "ERROR" and Path(a["details"]["quarantine"]).is_dir()
+                                    for a in alerts)
 
 
 def test_the_weather_project_lands_its_own_source(lake: Lake, tmp_path: Path) -> None:
     june = tmp_path / "june.csv"
     pl.read_csv(PROJECTS_DIR / "weather" / "data" / "weather.csv").head(30).write_csv(june)
-    lake.land(june, "weather", "2015-06")
-    [request] = evaluate(lake, dg.DagsterInstance.ephemeral(), None, project="weather").run_requests
+    lake.deliveries.add(june, "weather", "2015-06", "test")
+    [request] = evaluate(lake, dg.DagsterInstance.ephemeral(), project="weather").run_requests
     assert request.partition_key == "2015-06-01" and request.job_name in (None, "landed_period_job")
 
 
@@ -83,7 +113,8 @@ def test_failed_run_becomes_an_error_alert(tmp_path: Path) -> None:
     failure = entry.dagster_event
     context = dg.build_run_status_sensor_context(
         sensor_name="run_failure_alert", dagster_instance=instance, dagster_run=result.dagster_run,
-        dagster_event=failure, resources={"alerts": AlertSink(path=str(tmp_path / "alerts.jsonl"))},
+        dagster_event=failure, resources={"alerts": AlertSink(path=str(tmp_path / "alerts.jsonl")),
+                                          "lake": LakeResource(state_dir=str(tmp_path / "state"))},
     ).for_run_failure()
     run_failure_alert(context)
     [alert] = AlertSink(path=str(tmp_path / "alerts.jsonl")).read()

@@ -11,6 +11,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from mlops_assets.ingestion.deliveries import DELIVERY_TAG
 from mlops_assets.lake import read_training_set
 from mlops_assets.registry import registry
 from mlops_assets.settings import DATA_DIR
@@ -18,6 +19,7 @@ from mlops_assets_tests.pipeline_env import PipelineEnv
 
 MODEL = "flights_arrival_delay"
 GATE = {"gate.min_slice_rows": 300, "split.min_rows": 300}
+RETRAINED = "retrained on the same data under an edited project file"
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +83,7 @@ def test_approving_an_unblessed_version_is_refused(env: PipelineEnv) -> None:
 
 
 def test_unloadable_model_is_not_promoted(env: PipelineEnv) -> None:
-    env.write_project("flights", **GATE)
+    env.write_project("flights", **GATE, description="unloadable case")  # a changed project file: a new version
     defs = env.defs()
     upstream = defs.resolve_job_def("continuous_training_job")
     assert upstream.execute_in_process(instance=env.instance, raise_on_error=False,
@@ -102,6 +104,7 @@ def test_unloadable_model_is_not_promoted(env: PipelineEnv) -> None:
 
 
 def test_new_champion_then_rollback_restores_the_previous_one(env: PipelineEnv) -> None:
+    env.write_project("flights", **GATE, description=RETRAINED)
     assert env.run("continuous_training_job").success
     c = client(env)
     assert registry.alias_version(c, MODEL, registry.CHAMPION) == "4"
@@ -122,8 +125,8 @@ def test_failing_validation_stops_the_run_before_training(env: PipelineEnv, tmp_
     lake = env.resources["lake"].get()
     bad = pl.scan_parquet(DATA_DIR / "flights.parquet").filter(pl.col("month") == 4).head(500).collect().drop("carrier")
     bad.write_parquet(tmp_path / "april.parquet")
-    lake.land(tmp_path / "april.parquet", "flights", "2013-04")
-    result = env.run("landed_period_job", tags={"dagster/partition": "2013-04-01"})
+    delivery = lake.deliveries.add(tmp_path / "april.parquet", "flights", "2013-04", landed_by="test")
+    result = env.run("landed_period_job", tags={"dagster/partition": "2013-04-01", DELIVERY_TAG: str(delivery.id)})
     assert not result.success
     flights_check = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
                      and e.event_specific_data.asset_key == dg.AssetKey("flights")
@@ -154,6 +157,54 @@ def test_manual_policy_waits_for_approval_which_records_who_and_why(env: Pipelin
     env.write_project("flights", **GATE)
 
 
+def test_unchanged_training_set_registers_no_new_version(env: PipelineEnv) -> None:
+    """Same data and project file as version 4: nothing new is registered, no alias moves."""
+    env.write_project("flights", **GATE, description=RETRAINED)
+    c = client(env)
+    versions = len(c.search_model_versions(f"name='{MODEL}'"))
+    champion = registry.alias_version(c, MODEL, registry.CHAMPION)
+    result = env.run("continuous_training_job")
+    assert result.success
+    registered = result.asset_materializations_for_node("registered_model_version")[0].metadata
+    assert registered["new_version"].value is False and registered["version"].value == "4"
+    assert "unchanged since version 4" in registered["outcome"].value
+    assert len(c.search_model_versions(f"name='{MODEL}'")) == versions
+    assert registry.alias_version(c, MODEL, registry.CHAMPION) == champion
+
+
+def test_shifted_month_is_ingested_but_its_challenger_waits_for_approval(env: PipelineEnv, tmp_path: Path) -> None:
+    """A storm July (every delay +45 min) is valid, so it is ingested; the shift holds promotion while the
+    champion keeps serving, and approving the version releases the hold."""
+    c = client(env)
+    champion = registry.alias_version(c, MODEL, registry.CHAMPION)
+    lake = env.resources["lake"].get()
+    july = pl.scan_parquet(DATA_DIR / "flights.parquet").filter(pl.col("month") == 7).collect()
+    july.with_columns(pl.col("dep_delay") + 45, pl.col("arr_delay") + 45).write_parquet(tmp_path / "storm.parquet")
+    delivery = lake.deliveries.add(tmp_path / "storm.parquet", "flights", "2013-07", landed_by="test")
+    request = env.defs().resolve_sensor_def("landing_folder_sensor")(
+        dg.build_sensor_context(instance=env.instance, resources=env.resources)).run_requests[0]
+    result = env.defs().resolve_job_def("landed_period_job").execute_in_process(
+        instance=env.instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False,
+        asset_selection=request.asset_selection)
+    assert result.success
+    assert lake.deliveries.get(delivery.id).status == "ingested" and "2013-07" in lake.available_periods("flights")
+    [hold] = lake.deliveries.open_holds()
+    assert hold.delivery_id == delivery.id and "dep_delay shifted" in hold.reason
+    semantics = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
+                 and e.event_specific_data.check_name == "batch_semantics"]
+    assert [s.passed for s in semantics] == [False]
+    challenger = registry.alias_version(c, MODEL, registry.CHALLENGER)
+    assert challenger != champion and registry.alias_version(c, MODEL, registry.CHAMPION) == champion
+    outcome = result.asset_materializations_for_node("champion_model")[0].metadata["outcome"].value
+    assert f"awaits approval: run approve_model with version {challenger}" in outcome and "shifted" in outcome
+    alerts = env.resources["alerts"].read()
+    assert any(delivery.sha256 == a["details"].get("sha256") and a["severity"] == "WARN" for a in alerts)
+    config = {"ops": {"approve_version": {"config": {"version": challenger, "reason": "km converted upstream, "
+                                                     "checked", "approver": "dana"}}}}
+    assert env.run("approve_model", config=config).success
+    assert registry.alias_version(c, MODEL, registry.CHAMPION) == challenger and lake.deliveries.open_holds() == []
+
+
 def test_batch_predictions_score_every_flight_of_the_month_with_the_champion(env: PipelineEnv) -> None:
     champion = registry.alias_version(client(env), MODEL, registry.CHAMPION)
     result = env.run("batch_scoring_job", tags={"dagster/partition": "2013-03-01"})
@@ -171,16 +222,18 @@ def test_a_month_after_the_committed_data_lands_and_retrains_a_gated_model(env: 
     c = client(env)
     versions_before = len(c.search_model_versions(f"name='{MODEL}'"))
     lake = env.resources["lake"].get()
+    delivered = []
     for source in ("flights", "weather"):  # the upstream system delivers both sources of the month
         january = pl.scan_parquet(DATA_DIR / f"{source}.parquet").filter(pl.col("month") == 1).collect()
         january.with_columns(pl.col("year") + 1, pl.col("time_hour").dt.offset_by("1y")).write_parquet(
             tmp_path / f"{source}-2014-01.parquet")
-        lake.land(tmp_path / f"{source}-2014-01.parquet", source, "2014-01")
-    result = env.run("landed_period_job", tags={"dagster/partition": "2014-01-01"})
+        delivered.append(lake.deliveries.add(tmp_path / f"{source}-2014-01.parquet", source, "2014-01", "test"))
+    tags = {"dagster/partition": "2014-01-01", DELIVERY_TAG: ",".join(str(d.id) for d in delivered)}
+    result = env.run("landed_period_job", tags=tags)
     assert "2014-01" in lake.available_periods("flights")
     frame, _ = read_training_set(lake)
     assert "2014-01" in frame.filter(pl.col("split") == "test")["period"].unique().to_list()
     newest = c.get_model_version(MODEL, str(versions_before + 1))
     assert newest.tags["blessed"] in {"true", "false"} and "blessing_reasons" in newest.tags
     champion = registry.alias_version(c, MODEL, registry.CHAMPION)
-    assert result.success == (champion == newest.version)
+    assert result.success == (champion == str(newest.version))

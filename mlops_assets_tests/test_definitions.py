@@ -66,8 +66,10 @@ def test_land_cli_delivers_a_file_as_a_period(tmp_path: Path, monkeypatch) -> No
     source = tmp_path / "may.csv"
     pl.read_parquet(DATA_DIR / "flights.parquet").head(10).drop("time_hour").write_csv(source)
     assert main(["land", str(source), "--table", "flights", "--period", "2013-05"]) == 0
-    landed = Lake(tmp_path / "state", DATA_DIR).landed_file("flights", "2013-05")
-    assert landed is not None and pl.read_csv(landed).height == 10
+    [landed] = Lake(tmp_path / "state", DATA_DIR).deliveries.all()
+    assert (landed.source, landed.period, landed.status, landed.original_name) == ("flights", "2013-05", "pending",
+                                                                                   "may.csv")
+    assert landed.blob.read_bytes() == source.read_bytes() and landed.size == source.stat().st_size
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -76,6 +78,7 @@ def test_land_cli_delivers_a_file_as_a_period(tmp_path: Path, monkeypatch) -> No
     (["--table", "flights", "--period", "2013-11/../../x"], "is not a month"),
     (["--table", "flights", "--period", "2012-12"], "outside the project's calendar"),
     (["--table", "planes", "--period", "2013-05"], "declares no periodic source"),
+    (["--table", "flights", "--period", "2099-01"], "outside the project's calendar"),
 ])
 def test_land_refuses_bad_arguments_and_changes_nothing(tmp_path: Path, monkeypatch, capsys, args, message) -> None:
     monkeypatch.setenv("MLOPS_STATE_DIR", str(tmp_path / "state"))
@@ -84,7 +87,7 @@ def test_land_refuses_bad_arguments_and_changes_nothing(tmp_path: Path, monkeypa
     assert main(["land", str(source), *args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
-    assert not (tmp_path / "state" / "landing").exists()
+    assert not (tmp_path / "state").exists()
 
 
 def test_land_with_a_bad_path_keeps_the_current_delivery(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -93,10 +96,28 @@ def test_land_with_a_bad_path_keeps_the_current_delivery(tmp_path: Path, monkeyp
     good.write_text("a\n1\n")
     assert main(["land", str(good), "--table", "flights", "--period", "2013-05"]) == 0
     (tmp_path / "dir.csv").mkdir()
-    for bad in (tmp_path / "missing.csv", tmp_path / "dir.csv"):
+    (tmp_path / "x.txt").write_text("a\n1\n")
+    for bad in (tmp_path / "missing.csv", tmp_path / "dir.csv", tmp_path / "x.txt"):
         assert main(["land", str(bad), "--table", "flights", "--period", "2013-05"]) == 2
-    assert "not a readable .csv or .parquet file" in capsys.readouterr().err
-    assert Lake(tmp_path / "state", DATA_DIR).landed_file("flights", "2013-05").read_text() == "a\n1\n"
+    err = capsys.readouterr().err
+    assert err.count("not a readable .csv or .parquet file") == 2 and "deliver .csv or .parquet" in err
+    [kept] = Lake(tmp_path / "state", DATA_DIR).deliveries.all()
+    assert kept.original_name == "good.csv" and kept.blob.read_text() == "a\n1\n"
+
+
+def test_deliveries_are_listed_and_discarded_by_command(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("MLOPS_STATE_DIR", str(tmp_path / "state"))
+    (tmp_path / "a.csv").write_text("a\n1\n")
+    assert main(["land", str(tmp_path / "a.csv"), "--table", "weather", "--period", "2013-05"]) == 0
+    assert main(["deliveries"]) == 0
+    listing = capsys.readouterr().out
+    assert "d000001" in listing and "pending" in listing and "a.csv" in listing
+    assert main(["discard", "d000001", "--reason", "wrong station"]) == 0
+    assert main(["discard", "1", "--reason", "again"]) == 2
+    assert main(["retry", "d000001"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "discarded already" in err[0] and "land the file again" in err[1]
+    assert main(["retry", "d7"]) == 2 and "no delivery d000007" in capsys.readouterr().err
 
 
 def test_profile_selects_storage_and_names_what_is_missing(monkeypatch) -> None:

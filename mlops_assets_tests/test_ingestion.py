@@ -11,8 +11,10 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from mlops_assets.alerts import AlertSink
 from mlops_assets.features.assets import feature_assets
 from mlops_assets.ingestion.assets import ingestion_assets
+from mlops_assets.ingestion.deliveries import DELIVERY_TAG, Delivery
 from mlops_assets.lake import Lake
 from mlops_assets.project.loading import load_project
 from mlops_assets.resources import LakeResource, OnlineStoreResource, ProjectResource
@@ -37,13 +39,21 @@ def instance() -> dg.DagsterInstance:
     return dg.DagsterInstance.ephemeral()
 
 
-def materialize(lake: Lake, instance: dg.DagsterInstance, assets: list, partition: str = MONTH):
+def materialize(lake: Lake, instance: dg.DagsterInstance, assets: list, partition: str = MONTH,
+                delivery: Delivery | None = None):
+    """Materialize in process; a run for a delivery is tagged with it, as the landing sensor does."""
     return dg.materialize(
         assets, partition_key=f"{partition}-01", instance=instance, raise_on_error=False,
+        tags={DELIVERY_TAG: str(delivery.id)} if delivery else None,
         resources={"lake": LakeResource(state_dir=str(lake.root), data_dir=str(DATA_DIR)),
                    "project": ProjectResource(path=str(PROJECT.path)),
-                   "online": OnlineStoreResource(path=str(lake.root / "online.db"))},
+                   "online": OnlineStoreResource(path=str(lake.root / "online.db")),
+                   "alerts": AlertSink(path=str(lake.root / "alerts.jsonl"), webhook_url="")},
     )
+
+
+def land(lake: Lake, path: Path, period: str = MONTH, table: str = "flights") -> Delivery:
+    return lake.deliveries.add(path, table, period, landed_by="test")
 
 
 def digest(path: Path) -> str:
@@ -140,28 +150,32 @@ def test_bad_batch_is_blocked_quarantined_and_never_replaces_good_data(
     delivered = tmp_path / f"delivery_{case}"
     needle = BAD_BATCHES[case](lake, delivered)
     source = next(tmp_path.glob(f"delivery_{case}.*"))
-    landed = lake.land(source, "flights", MONTH)
+    landed = land(lake, source)
 
-    result = materialize(lake, instance, [flights])
+    result = materialize(lake, instance, [flights], delivery=landed)
     assert not result.success
     assert check_evaluations(result)["batch_is_valid"] is False
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
     message = failure.event_specific_data.error_display_string
-    assert f"flights {MONTH}" in message and str(landed) in message and needle in message
+    assert f"flights {MONTH}" in message and landed.name in message and source.name in message and needle in message
     assert digest(good) == before
 
     [kept] = list((lake.quarantine_dir / "flights").iterdir())
-    assert (kept / landed.name).read_bytes() == landed.read_bytes()
+    assert (kept / source.name).read_bytes() == source.read_bytes() == landed.blob.read_bytes()
     report = json.loads((kept / "report.json").read_text())
     assert report["failures"] and needle in (kept / "report.md").read_text()
+    recorded = lake.deliveries.get(landed.id)
+    assert recorded.status == "rejected" and needle in recorded.reason and recorded.quarantine == str(kept)
+    [alert] = AlertSink(path=str(lake.root / "alerts.jsonl")).read()
+    assert alert["details"]["sha256"] == landed.sha256 and alert["details"]["quarantine"] == str(kept)
+    assert source.name in alert["message"] and needle in alert["message"]
 
 
 def test_failed_validation_blocks_downstream_in_the_same_run(lake: Lake, instance: dg.DagsterInstance,
                                                               tmp_path: Path) -> None:
     assert materialize(lake, instance, [flights]).success
     out_of_range(lake, tmp_path / "bad")
-    lake.land(tmp_path / "bad.parquet", "flights", MONTH)
-    result = materialize(lake, instance, [flights, flights_views])
+    result = materialize(lake, instance, [flights, flights_views], delivery=land(lake, tmp_path / "bad.parquet"))
     assert not result.success
     assert not (lake.offline_store_dir / "route_delay_stats").exists()
 
@@ -169,13 +183,15 @@ def test_failed_validation_blocks_downstream_in_the_same_run(lake: Lake, instanc
 def test_partition_range_runs_in_one_step_and_is_all_or_nothing(lake: Lake, instance: dg.DagsterInstance,
                                                                 tmp_path: Path) -> None:
     missing_column(lake, tmp_path / "bad")
-    lake.land(tmp_path / "bad.parquet", "flights", "2013-02")
+    bad = land(lake, tmp_path / "bad.parquet", "2013-02")
     defs = dg.Definitions(
         assets=[flights], jobs=[dg.define_asset_job("range", selection=[flights])],
         resources={"lake": LakeResource(state_dir=str(lake.root), data_dir=str(DATA_DIR)),
-                   "project": ProjectResource(path=str(PROJECT.path))},
+                   "project": ProjectResource(path=str(PROJECT.path)),
+                   "alerts": AlertSink(path=str(lake.root / "alerts.jsonl"), webhook_url="")},
     )
-    tags = {"dagster/asset_partition_range_start": "2013-01-01", "dagster/asset_partition_range_end": "2013-02-01"}
+    tags = {"dagster/asset_partition_range_start": "2013-01-01", "dagster/asset_partition_range_end": "2013-02-01",
+            DELIVERY_TAG: str(bad.id)}
     result = defs.resolve_job_def("range").execute_in_process(instance=instance, tags=tags, raise_on_error=False)
     assert not result.success
     assert lake.available_periods("flights") == []
@@ -200,7 +216,7 @@ def test_a_month_after_the_committed_data_lands_and_validates(lake: Lake, instan
     shifted = embedded_month("2013-01").with_columns(pl.col("year") + 1,
                                                       pl.col("time_hour").dt.offset_by("1y"))
     shifted.write_parquet(tmp_path / "2014-01.parquet")
-    lake.land(tmp_path / "2014-01.parquet", "flights", "2014-01")
-    result = materialize(lake, instance, [flights], partition="2014-01")
+    delivery = land(lake, tmp_path / "2014-01.parquet", "2014-01")
+    result = materialize(lake, instance, [flights], partition="2014-01", delivery=delivery)
     assert result.success and check_evaluations(result)["batch_is_valid"] is True
     assert pl.read_parquet(lake.batch_path("flights", "2014-01")).height == shifted.height

@@ -40,17 +40,17 @@ def deliver(lake: Lake, weather_project: LoadedProject) -> Callable[[pl.DataFram
     """Land a CSV as the weather project's 2012-03 delivery and load it."""
 
     def _deliver(frame: pl.DataFrame) -> Batch:
-        folder = lake.landing_dir / "weather"
-        folder.mkdir(parents=True, exist_ok=True)
-        frame.write_csv(folder / "2012-03.csv", null_value="NA")
-        return load_period(lake, weather_project, "weather", "2012-03", *month(2012, 3))
+        path = lake.root.parent / "2012-03.csv"
+        frame.write_csv(path, null_value="NA")
+        delivery = lake.deliveries.add(path, "weather", "2012-03", landed_by="test")
+        return load_period(weather_project, "weather", "2012-03", *month(2012, 3), delivery)
 
     return _deliver
 
 
 @pytest.fixture()
 def march_2012(lake: Lake, weather_project: LoadedProject) -> pl.DataFrame:
-    return load_period(lake, weather_project, "weather", "2012-03", *month(2012, 3)).frame
+    return load_period(weather_project, "weather", "2012-03", *month(2012, 3)).frame
 
 
 def has_declared_schema(batch: Batch, project: LoadedProject) -> bool:
@@ -72,7 +72,7 @@ def with_value(frame: pl.DataFrame, column: str, row: int, value: object) -> pl.
 def test_embedded_flights_month_passes_and_is_coerced(lake: Lake, flights_project: LoadedProject,
                                                       number: int) -> None:
     start, end = month(2013, number, flights_project.spec.sources["flights"].time_zone)
-    batch = load_period(lake, flights_project, "flights", f"2013-{number:02d}", start, end)
+    batch = load_period(flights_project, "flights", f"2013-{number:02d}", start, end)
     assert batch.report.passed and batch.report.failures == [], batch.report.to_markdown()
     assert batch.origin.endswith("flights.parquet") and has_declared_schema(batch, flights_project)
     assert start <= batch.frame["time_hour"].min() and batch.frame["time_hour"].max() < end
@@ -83,7 +83,7 @@ def test_embedded_flights_month_passes_and_is_coerced(lake: Lake, flights_projec
 
 @pytest.mark.parametrize("source", ["planes", "airports"])
 def test_reference_tables_pass_and_are_coerced(lake: Lake, flights_project: LoadedProject, source: str) -> None:
-    batch = load_reference(lake, flights_project, source)
+    batch = load_reference(flights_project, source)
     assert batch.report.passed and batch.period is None and batch.report.failures == []
     assert has_declared_schema(batch, flights_project)
 
@@ -91,7 +91,7 @@ def test_reference_tables_pass_and_are_coerced(lake: Lake, flights_project: Load
 def test_weather_project_csv_months_pass(lake: Lake, weather_project: LoadedProject) -> None:
     for year, number in [(2012, 1), (2014, 6), (2015, 12)]:
         start, end = month(year, number)
-        batch = load_period(lake, weather_project, "weather", f"{year}-{number:02d}", start, end)
+        batch = load_period(weather_project, "weather", f"{year}-{number:02d}", start, end)
         assert batch.report.passed and batch.report.failures == [], batch.report.to_markdown()
         assert batch.frame.height == 2 * (end - start).days, "two locations, one row a day"
         assert has_declared_schema(batch, weather_project)
@@ -100,7 +100,7 @@ def test_weather_project_csv_months_pass(lake: Lake, weather_project: LoadedProj
 def test_shuffled_landed_csv_passes_and_is_put_back_in_declared_order(deliver: Callable, march_2012: pl.DataFrame,
                                                                       weather_project: LoadedProject) -> None:
     batch = deliver(march_2012.select(reversed(march_2012.columns)).reverse())
-    assert batch.report.passed and batch.source_file is not None
+    assert batch.report.passed and batch.delivery is not None
     assert batch.frame.columns == list(weather_project.spec.sources["weather"].schema_)
     assert has_declared_schema(batch, weather_project)
 
@@ -147,11 +147,11 @@ def test_landed_rows_outside_the_period_are_rejected(deliver: Callable, march_20
 
 def test_entirely_null_column_is_rejected(lake: Lake, flights_project: LoadedProject) -> None:
     bounds = month(2013, 5, flights_project.spec.sources["weather"].time_zone)
-    frame = load_period(lake, flights_project, "weather", "2013-05", *bounds).frame
-    folder = lake.landing_dir / "weather"
-    folder.mkdir(parents=True)
-    frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("wind_gust")).write_parquet(folder / "2013-05.parquet")
-    batch = load_period(lake, flights_project, "weather", "2013-05", *bounds)
+    frame = load_period(flights_project, "weather", "2013-05", *bounds).frame
+    path = lake.root.parent / "2013-05.parquet"
+    frame.with_columns(pl.lit(None, dtype=pl.Float64).alias("wind_gust")).write_parquet(path)
+    batch = load_period(flights_project, "weather", "2013-05", *bounds,
+                        lake.deliveries.add(path, "weather", "2013-05", landed_by="test"))
     assert only_failure(batch) == "column wind_gust is entirely null"
 
 
@@ -165,10 +165,10 @@ def test_rejected_batch_is_kept_as_delivered_with_a_one_line_reason(lake: Lake, 
 
 
 def test_unreadable_landed_file_is_a_clear_failure(lake: Lake, weather_project: LoadedProject) -> None:
-    folder = lake.landing_dir / "weather"
-    folder.mkdir(parents=True)
-    (folder / "2012-03.parquet").write_bytes(b"PAR1 truncated")
-    batch = load_period(lake, weather_project, "weather", "2012-03", *month(2012, 3))
+    path = lake.root.parent / "2012-03.parquet"
+    path.write_bytes(b"PAR1 truncated")
+    batch = load_period(weather_project, "weather", "2012-03", *month(2012, 3),
+                        lake.deliveries.add(path, "weather", "2012-03", landed_by="test"))
     assert batch.frame is None and not batch.report.passed
     assert only_failure(batch).startswith("2012-03.parquet is not a readable table: ")
 
@@ -177,6 +177,6 @@ def test_nothing_to_read_is_a_clear_failure(lake: Lake, weather_project: LoadedP
     source = weather_project.spec.sources["weather"].model_copy(update={"path": None})
     project = LoadedProject(weather_project.spec.model_copy(update={"sources": {"weather": source}}),
                             weather_project.path)
-    batch = load_period(lake, project, "weather", "2012-03", *month(2012, 3))
+    batch = load_period(project, "weather", "2012-03", *month(2012, 3))
     assert batch.frame is None and batch.origin == "nowhere"
     assert only_failure(batch) == "nothing landed for weather 2012-03 and source weather declares no `path` to read it from"

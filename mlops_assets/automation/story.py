@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from mlops_assets.automation.sensors import landing_folder_sensor, monitor_retraining_sensor
+from mlops_assets.automation.sensors import monitor_retraining_sensor
 from mlops_assets.monitoring.replay import replay_period
 from mlops_assets.partitions import period_key
 from mlops_assets.serving.config import ServingConfig
@@ -47,7 +47,8 @@ class Story:
         tags = {**request.tags, "dagster/sensor_name": sensor,
                 **({"dagster/run_key": request.run_key} if request.run_key else {}),
                 **({"dagster/partition": request.partition_key} if request.partition_key else {})}
-        run = self.defs.resolve_job_def(job).execute_in_process(instance=self.instance, tags=tags, raise_on_error=False)
+        run = self.defs.resolve_job_def(job).execute_in_process(
+            instance=self.instance, tags=tags, raise_on_error=False, asset_selection=request.asset_selection)
         self.say(f"  {job} {request.partition_key or ''}: {'succeeded' if run.success else 'failed'} (run {run.run_id})")
         return run.success
 
@@ -55,8 +56,9 @@ class Story:
         """Deliver one period and let the platform react to it."""
         self.say(f"{period}: file lands")
         land(period)
-        for request in self._tick(landing_folder_sensor, "landing"):
-            if not self._launch("landed_period_job", request, landing_folder_sensor.name):
+        landing = self.defs.resolve_sensor_def("landing_folder_sensor")
+        for request in self._tick(landing, "landing"):
+            if not self._launch("landed_period_job", request, landing.name):
                 return
         lake, project = self._resources()["lake"].get(), self._resources()["project"].get()
         key = period_key(period, project.spec.granularity)

@@ -11,25 +11,52 @@ from collections.abc import Iterator
 import dagster as dg
 import polars as pl
 
-from mlops_assets.ingestion.batches import Batch, load_period, load_reference, quarantine, rejection_message
+from mlops_assets.alerts import AlertSink
+from mlops_assets.ingestion.batches import (
+    Batch,
+    failure_reasons,
+    load_period,
+    load_reference,
+    quarantine,
+    rejection_message,
+)
+from mlops_assets.ingestion.deliveries import run_delivery_ids
+from mlops_assets.ingestion.outcomes import (
+    batch_details,
+    delivery_for,
+    mark_failed,
+    record_outcome,
+    semantic_reports,
+)
+from mlops_assets.lake import Lake
 from mlops_assets.metadata import frame_metadata
 from mlops_assets.partitions import period_bounds, period_label, period_partitions
 from mlops_assets.project.spec import Project
 from mlops_assets.resources import LakeResource, ProjectResource
+from mlops_assets.validation.semantics import SemanticReport
 
 VALID = "batch_is_valid"
 QUALITY = "batch_quality"
 GROUP = "ingestion"
 
 
-def _check_specs(table: str) -> list[dg.AssetCheckSpec]:
-    return [
+SEMANTICS = "batch_semantics"
+
+
+def _check_specs(table: str, periodic: bool) -> list[dg.AssetCheckSpec]:
+    specs = [
         dg.AssetCheckSpec(VALID, asset=table, blocking=True,
                           description="Hard expectations (GX) from the declared schema: columns, types, keys, "
                                       "ranges, domains, uniqueness, rules, period."),
         dg.AssetCheckSpec(QUALITY, asset=table,
                           description="Soft expectations (GX): null shares and rare outliers; warns only."),
     ]
+    if periodic:
+        specs.append(dg.AssetCheckSpec(
+            SEMANTICS, asset=table,
+            description="Against earlier periods: timestamps agree with calendar columns, completeness, and a "
+                        "distribution shift calibrated on earlier periods. A finding holds promotion for approval."))
+    return specs
 
 
 def _check_results(table: str, batches: list[Batch]) -> list[dg.AssetCheckResult]:
@@ -45,24 +72,44 @@ def _check_results(table: str, batches: list[Batch]) -> list[dg.AssetCheckResult
     ]
 
 
-def _ingest(context: dg.AssetExecutionContext, lake: LakeResource, table: str, batches: list[Batch]) -> Iterator:
+def _semantic_result(table: str, reports: list[SemanticReport]) -> dg.AssetCheckResult:
+    findings = [f"{r.batch_name}: {f}" for r in reports for f in r.findings]
+    return dg.AssetCheckResult(
+        asset_key=table, check_name=SEMANTICS, passed=not findings, severity=dg.AssetCheckSeverity.WARN,
+        description="; ".join(findings)[:2000] or None,
+        metadata={"held": len([r for r in reports if r.held]),
+                  "report": dg.MetadataValue.md("\n\n".join(r.to_markdown() for r in reports))})
+
+
+def _ingest(context: dg.AssetExecutionContext, store: Lake, alerts: AlertSink, spec: Project, table: str,
+            batches: list[Batch]) -> Iterator:
     """Write every batch, or none: a range with one rejected period writes nothing and fails."""
-    store = lake.get()
+    run_id, ledger = context.run.run_id, store.deliveries
     checks = _check_results(table, batches)
     rejected = [(b, quarantine(store, b)) for b in batches if not b.report.passed]
     if rejected:
+        for batch, folder in rejected:
+            if batch.delivery is not None:
+                ledger.mark_rejected(batch.delivery.id, run_id, failure_reasons(batch), str(folder))
+            alerts.send("ERROR", f"delivery:{table}", rejection_message([(batch, folder)]),
+                        batch_details(batch, str(folder)))
         yield from checks
         raise dg.Failure(description=rejection_message(rejected),
                          metadata={"quarantine": dg.MetadataValue.json([str(p) for _, p in rejected])})
+    semantics = semantic_reports(store, spec, table, batches) if spec.sources[table].kind == "periodic" else []
     paths = [str(store.write_batch(table, b.frame, b.period)) for b in batches if b.frame is not None]
+    for batch, report in zip(batches, semantics or [None] * len(batches), strict=True):
+        record_outcome(store, alerts.send, batch, report, run_id)
     combined = pl.concat([b.frame for b in batches if b.frame is not None], how="vertical_relaxed")
     context.log.info(f"{table}: wrote {len(paths)} validated batch(es)")
     yield dg.MaterializeResult(metadata={
         **frame_metadata(combined),
         "sources": dg.MetadataValue.json({b.report.batch_name: b.origin for b in batches}),
+        "deliveries": dg.MetadataValue.json({b.report.batch_name: b.delivery.name for b in batches if b.delivery}),
         "paths": dg.MetadataValue.json(paths),
         "expectations_evaluated": sum(b.report.evaluated for b in batches),
-    }, check_results=checks)
+        "held_for_approval": [r.batch_name for r in semantics if r.held],
+    }, check_results=[*checks, *([_semantic_result(table, semantics)] if semantics else [])])
 
 
 def _periodic_asset(project: Project, table: str) -> dg.AssetsDefinition:
@@ -70,22 +117,36 @@ def _periodic_asset(project: Project, table: str) -> dg.AssetsDefinition:
     granularity, zone = project.granularity, project.sources[table].time_zone
 
     @dg.asset(name=table, group_name=GROUP, partitions_def=period_partitions(project),
-              backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1), check_specs=_check_specs(table),
+              backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=1),
+              check_specs=_check_specs(table, periodic=True),
               kinds={"polars", "parquet"}, description=project.sources[table].description or None)
-    def _asset(context: dg.AssetExecutionContext, lake: LakeResource, project: ProjectResource) -> Iterator:
+    def _asset(context: dg.AssetExecutionContext, lake: LakeResource, project: ProjectResource,
+               alerts: AlertSink) -> Iterator:
         loaded, store = project.get(), lake.get()
-        batches = [load_period(store, loaded, table, period_label(pk, granularity), *period_bounds(pk, granularity, zone))
-                   for pk in context.partition_keys]
-        yield from _ingest(context, lake, table, batches)
+        named = run_delivery_ids(dict(context.run.tags))
+        batches = []
+        try:
+            for key in context.partition_keys:
+                label = period_label(key, granularity)
+                delivery = delivery_for(store.deliveries, named, table, label)
+                batches.append(load_period(loaded, table, label, *period_bounds(key, granularity, zone), delivery))
+            yield from _ingest(context, store, alerts, loaded.spec, table, batches)
+        except Exception as exc:
+            if not isinstance(exc, dg.Failure):
+                mark_failed(store, named, table, context.run.run_id, f"{type(exc).__name__}: {exc}")
+            raise
 
     return _asset
 
 
 def _reference_asset(project: Project, table: str) -> dg.AssetsDefinition:
-    @dg.asset(name=table, group_name=GROUP, check_specs=_check_specs(table), kinds={"polars", "parquet"},
+    @dg.asset(name=table, group_name=GROUP, check_specs=_check_specs(table, periodic=False),
+              kinds={"polars", "parquet"},
               description=project.sources[table].description or f"Reference table {table}, validated.")
-    def _asset(context: dg.AssetExecutionContext, lake: LakeResource, project: ProjectResource) -> Iterator:
-        yield from _ingest(context, lake, table, [load_reference(lake.get(), project.get(), table)])
+    def _asset(context: dg.AssetExecutionContext, lake: LakeResource, project: ProjectResource,
+               alerts: AlertSink) -> Iterator:
+        loaded = project.get()
+        yield from _ingest(context, lake.get(), alerts, loaded.spec, table, [load_reference(loaded, table)])
 
     return _asset
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
+from mlops_assets.ingestion.deliveries import Delivery
 from mlops_assets.lake import BatchReadError, Lake
 from mlops_assets.project.loading import LoadedProject
 from mlops_assets.project.spec import ColumnType, SourceSpec
@@ -36,33 +37,35 @@ class Batch:
     table: str
     period: str | None
     origin: str
-    source_file: Path | None
+    delivery: Delivery | None
     frame: pl.DataFrame | None
     report: ValidationReport
 
 
 def load_period(
-    lake: Lake, project: LoadedProject, source: str, period_key: str, start: datetime, end: datetime
+    project: LoadedProject, source: str, period_key: str, start: datetime, end: datetime,
+    delivery: Delivery | None = None,
 ) -> Batch:
-    """A landed file for the period wins over the embedded data (cut to [start, end)); either is validated."""
+    """The delivery's file when there is one, else the embedded data cut to [start, end); either is validated."""
     spec = project.spec.sources[source]
     batch_name = f"{source} {period_key}"
-    landed = lake.landed_file(source, period_key)
-    path = landed or project.source_path(source)
+    path = delivery.blob if delivery else project.source_path(source)
     if path is None:
         return _undelivered(source, period_key, batch_name)
+    origin = delivery.describe() if delivery else str(path)
     try:
-        if landed is not None:
-            frame = read_source_file(landed, spec)
+        if delivery is not None:
+            frame = read_source_file(path, spec, delivery.suffix.removeprefix("."))
         else:
             frame = in_period(read_source_file(path, spec, spec.format), spec, start, end, path)
     except BatchReadError as exc:
-        report = unreadable_report(source, batch_name, exc.path.name, exc.reason)
-        return Batch(source, period_key, str(path), landed, None, report)
-    return _validated(source, period_key, str(path), landed, frame, spec, batch_name, (start, end))
+        name = delivery.original_name if delivery else exc.path.name
+        report = unreadable_report(source, batch_name, name, exc.reason)
+        return Batch(source, period_key, origin, delivery, None, report)
+    return _validated(source, period_key, origin, delivery, frame, spec, batch_name, (start, end))
 
 
-def load_reference(lake: Lake, project: LoadedProject, source: str) -> Batch:
+def load_reference(project: LoadedProject, source: str) -> Batch:
     """A reference source from the project's embedded file, validated as a whole."""
     spec = project.spec.sources[source]
     path = project.source_path(source)
@@ -89,7 +92,7 @@ def _validated(
     table: str,
     period: str | None,
     origin: str,
-    landed: Path | None,
+    delivery: Delivery | None,
     frame: pl.DataFrame,
     spec: SourceSpec,
     batch_name: str,
@@ -99,7 +102,7 @@ def _validated(
 
     report = validate_batch(table, spec, frame, batch_name, bounds)
     kept = coerce(frame, spec) if report.passed else frame
-    return Batch(table, period, origin, landed, kept, report)
+    return Batch(table, period, origin, delivery, kept, report)
 
 
 def read_source_file(path: Path, spec: SourceSpec, file_format: str | None = None) -> pl.DataFrame:
@@ -112,6 +115,7 @@ def read_source_file(path: Path, spec: SourceSpec, file_format: str | None = Non
     if kind not in ("csv", "parquet"):
         raise BatchReadError(path, f"unsupported file type {path.suffix!r}; use .csv or .parquet")
     text = {c: pl.String for c, col in spec.schema_.items() if col.type in ("str", "date", "datetime")}
+    diagnose_file(path, kind)
     try:
         if kind == "parquet":
             frame = pl.read_parquet(path)
@@ -121,12 +125,56 @@ def read_source_file(path: Path, spec: SourceSpec, file_format: str | None = Non
             )
     except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
         raise BatchReadError(path, str(exc).splitlines()[0]) from exc
+    except pl.exceptions.PanicException as exc:  # a Rust panic is a BaseException: keep it to this file
+        raise BatchReadError(path, f"the reader crashed on this file ({str(exc).splitlines()[0][:200]})") from exc
     garbled = [name for name in frame.columns if not name.isprintable()]
     if garbled:
         raise BatchReadError(
             path, f"column names with control characters ({garbled[0][:20]!r}): not a text table"
         )
     return parse_times(frame, spec)
+
+
+SNIFF_BYTES = 1 << 16
+DELIMITERS = {";": "semicolons", "\t": "tabs", "|": "pipes"}
+
+
+def diagnose_file(path: Path, kind: str) -> None:
+    """Name the usual ways a delivered file is broken before a reader guesses wrong about it.
+
+    Encoding (UTF-16, not UTF-8), the wrong delimiter and a cut-off end are each said plainly;
+    a parquet file must end with its footer.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(SNIFF_BYTES)
+            fh.seek(max(0, size - SNIFF_BYTES))
+            tail = fh.read()
+    except OSError as exc:
+        raise BatchReadError(path, f"cannot open it ({exc.strerror})") from exc
+    if kind == "parquet":
+        if size < 12 or tail[-4:] != b"PAR1":
+            raise BatchReadError(path, "truncated or not parquet: it does not end with the parquet footer (PAR1)")
+        return
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+        raise BatchReadError(path, "the file is UTF-16 (or binary), not UTF-8 text: save it as UTF-8 CSV")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if size <= len(head) or exc.start < len(head) - 4:  # only a character cut by the sniff may be partial
+            raise BatchReadError(path, f"not UTF-8 text (byte 0x{head[exc.start]:02x} at offset {exc.start}): "
+                                       "save it as UTF-8 CSV") from exc
+        text = head[:exc.start].decode("utf-8")
+    header = text.splitlines()[0] if text else ""
+    for mark, name in DELIMITERS.items():
+        if "," not in header and mark in header:
+            raise BatchReadError(path, f"wrong delimiter: the header is separated by {name}, not commas")
+    fields = header.count(",") + 1
+    last = tail.decode("utf-8", errors="replace").rstrip("\r").rsplit("\n", 1)[-1]
+    if size > len(header) + 1 and not tail.endswith(b"\n") and last.count(",") + 1 < fields:
+        raise BatchReadError(path, f"truncated: the last line has {last.count(',') + 1} of {fields} fields "
+                                   "and no line end (the transfer was cut off?)")
 
 
 def parse_times(frame: pl.DataFrame, spec: SourceSpec) -> pl.DataFrame:
@@ -209,17 +257,23 @@ def quarantine(lake: Lake, batch: Batch) -> Path:
         batch.report.to_dict(),
         batch.report.to_markdown(),
         df=batch.frame,
-        source_file=batch.source_file,
+        source_file=batch.delivery.blob if batch.delivery else None,
+        original_name=batch.delivery.original_name if batch.delivery else None,
     )
 
 
+def failure_reasons(batch: Batch) -> str:
+    return "; ".join(f.description for f in batch.report.hard_failures)
+
+
 def rejection_message(rejected: list[tuple[Batch, Path]]) -> str:
-    """One actionable line per rejected batch: which batch, which file, why, where it is kept."""
+    """One actionable line per rejected batch: which delivery or file, why, where it is kept."""
     lines = []
     for batch, folder in rejected:
-        reasons = "; ".join(f.description for f in batch.report.hard_failures)
+        advice = (f" Fix the file and land it again, or `mlops-assets discard {batch.delivery.name}`."
+                  if batch.delivery else "")
         lines.append(
-            f"{batch.report.batch_name} from {batch.origin} rejected: {reasons}. "
-            f"Kept in {folder}; the last good data is unchanged."
+            f"{batch.report.batch_name} from {batch.origin} rejected: {failure_reasons(batch)}. "
+            f"Kept in {folder}; the last good data is unchanged.{advice}"
         )
     return "\n".join(lines)

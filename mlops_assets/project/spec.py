@@ -100,6 +100,44 @@ class ComputedColumn(Strict):
     type: ColumnType
 
 
+CalendarPart = Literal["year", "month", "day", "hour", "minute"]
+
+
+class ShiftSpec(Strict):
+    """Hold a batch whose distribution moved further than earlier periods moved between themselves.
+
+    Per column, the population stability index (PSI) of the batch against the earlier periods is
+    compared with `margin` times the largest PSI any earlier period showed against the others,
+    and never below `floor` (0.25 is the usual "significant shift" mark for PSI).
+    """
+
+    columns: list[Name] | None = Field(None, description="columns to watch; default: every numeric or text "
+                                                        "column that is no key, time or calendar column")
+    margin: float = Field(3.0, ge=1)
+    floor: float = Field(0.25, gt=0)
+    history: int = Field(12, ge=2, description="how many earlier periods form the reference")
+    min_periods: int = Field(3, ge=2, description="fewer earlier periods than this: no shift check yet")
+    bins: int = Field(10, ge=2, le=100)
+    min_rows: int = Field(1000, ge=1, description="smaller batches are not shift-checked: their PSI is noise")
+
+
+class CompletenessSpec(Strict):
+    """Hold a batch with far fewer rows than usual, or one that covers too few days of its period."""
+
+    min_row_ratio: float = Field(0.5, gt=0, le=1, description="of the median rows of earlier periods")
+    min_day_coverage: float = Field(0.8, gt=0, le=1, description="share of the period's days with rows")
+
+
+class SemanticChecks(Strict):
+    """Checks between a valid batch and earlier ones, before training: what is wrong but valid."""
+
+    calendar: dict[CalendarPart, Name] = Field(default_factory=dict, description="calendar columns the time "
+                                               "column must agree with, read on the source's clock")
+    max_calendar_mismatch: float = Field(0.0, ge=0, le=1, description="share of rows allowed to disagree")
+    shift: ShiftSpec = ShiftSpec()
+    completeness: CompletenessSpec | None = CompletenessSpec()
+
+
 class SourceSpec(Strict):
     """A table the upstream system delivers: periodic by its time column, or a reference table."""
 
@@ -114,6 +152,7 @@ class SourceSpec(Strict):
     expectations: list[ExpectationSpec] = Field(default_factory=list)
     computed: dict[Name, ComputedColumn] = Field(default_factory=dict)
     derive: DeriveSpec | None = None
+    semantics: SemanticChecks = SemanticChecks()
     description: str = ""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -122,7 +161,8 @@ class SourceSpec(Strict):
     def _columns_known(self) -> SourceSpec:
         if self.kind == "periodic" and self.time is None:
             raise ValueError("a periodic source needs `time`: the column that says which period a row is in")
-        named = [*self.keys, *(c for u in self.unique for c in u), *([self.time] if self.time else [])]
+        named = [*self.keys, *(c for u in self.unique for c in u), *([self.time] if self.time else []),
+                 *self.semantics.calendar.values(), *(self.semantics.shift.columns or [])]
         unknown = sorted({c for c in named if c not in self.schema_})
         if unknown:
             raise ValueError(f"columns not in the schema: {unknown}; declare them under `schema`")

@@ -1,7 +1,9 @@
 """Registry: every candidate becomes a version; blessing and infra validation gate the aliases."""
 
 import dagster as dg
+from mlflow.exceptions import MlflowException
 
+from mlops_assets.alerts import AlertSink
 from mlops_assets.lake import EXPECTED, read_canary, read_record, write_record
 from mlops_assets.registry import registry
 from mlops_assets.registry.infra import expected_array, validate_serving
@@ -12,6 +14,7 @@ from mlops_assets.tracking import MlflowResource, code_version, log_bytes
 GROUP = "registry"
 BLESSED = "challenger_is_blessed"
 INFRA = "serving_infra_validation"
+HELD_TAG = "held_by"  # the holds (shifted data) a version's approval releases
 
 
 def version_tags(candidate: dict, evaluation: dict, run_id: str, project_name: str) -> dict[str, str]:
@@ -40,6 +43,10 @@ def registered_model_version(context: dg.AssetExecutionContext, lake: LakeResour
     spec, store = project.get().spec, lake.get()
     candidate, evaluation = read_record(store, "candidate_model"), read_record(store, "model_evaluation")
     client = mlflow_tracking.client()
+    same_data = versions_trained_on(client, spec.model_name, candidate["training_set_hash"],
+                                    candidate.get("project_hash", ""))
+    if same_data:
+        return unchanged_training_set(store, spec.model_name, same_data[-1], candidate, mlflow_tracking)
     tags = version_tags(candidate, evaluation, context.run.run_id, spec.name)
     version = registry.register_version(client, spec.model_name, candidate["model_uri"], candidate["run_id"],
                                         tags, description=f"{spec.description.strip()} Verdict: {tags['blessed']}.")
@@ -58,12 +65,45 @@ def registered_model_version(context: dg.AssetExecutionContext, lake: LakeResour
     )
 
 
+def versions_trained_on(client, name: str, training_set_hash: str, project_hash: str) -> list[str]:
+    """Registered versions trained on the same data under the same project file (oldest first)."""
+    try:
+        found = client.search_model_versions(f"name='{name}' and tags.training_set_hash='{training_set_hash}' "
+                                             f"and tags.project_hash='{project_hash}'")
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return sorted((str(v.version) for v in found), key=int)
+
+
+def unchanged_training_set(store, name: str, version: str, candidate: dict,
+                           tracking: MlflowResource) -> dg.MaterializeResult:
+    """The same data as a registered version: no new version; promotion has nothing new to judge."""
+    tags = tracking.client().get_model_version(name, version).tags
+    outcome = (f"training set {candidate['training_set_hash'][:12]} and project file are unchanged since version "
+               f"{version}: no new version registered")
+    write_record(store, "registered_model_version", {**candidate, "name": name, "version": version, "reused": True})
+    return dg.MaterializeResult(
+        metadata={"model": name, "version": version, "new_version": False, "outcome": outcome,
+                  "registry": dg.MetadataValue.url(tracking.model_url(name, version))},
+        check_results=[dg.AssetCheckResult(
+            check_name=BLESSED, passed=tags.get("blessed") == "true",
+            description=f"{outcome}; its verdict stands: {tags.get('blessing_reasons', 'none recorded')}")],
+    )
+
+
 @dg.asset_check(asset="registered_model_version", name=INFRA, blocking=True,
                 description="Loads the version from the registry in a fresh process; canary predictions and latency.")
 def serving_infra_validation(lake: LakeResource, project: ProjectResource,
                              mlflow_tracking: MlflowResource) -> dg.AssetCheckResult:
     spec, store = project.get().spec, lake.get()
     registered = read_record(store, "registered_model_version")
+    if registered.get("reused"):
+        tags = mlflow_tracking.client().get_model_version(registered["name"], registered["version"]).tags
+        return dg.AssetCheckResult(passed=tags.get("infra_valid") == "true",
+                                   description=f"version {registered['version']} was infra-validated when it was "
+                                               f"registered: {tags.get('infra_reasons', 'no verdict recorded')}")
     canary = read_canary(store)
     expected = expected_array(canary.pop(EXPECTED))
     uri = f"models:/{registered['name']}/{registered['version']}"
@@ -78,23 +118,37 @@ def serving_infra_validation(lake: LakeResource, project: ProjectResource,
 
 @dg.asset(group_name=GROUP, deps=["registered_model_version"], kinds={"mlflow"})
 def champion_model(context: dg.AssetExecutionContext, lake: LakeResource, project: ProjectResource,
-                   mlflow_tracking: MlflowResource) -> dg.MaterializeResult:
+                   mlflow_tracking: MlflowResource, alerts: AlertSink) -> dg.MaterializeResult:
     """Aliases after the gates: `challenger` on the blessed version, `champion` by the promotion policy."""
     spec, store = project.get().spec, lake.get()
     registered = read_record(store, "registered_model_version")
     name, version = registered["name"], registered["version"]
     client = mlflow_tracking.client()
+    if registered.get("reused"):
+        outcome = f"training set unchanged since version {version}: aliases left as they are"
+        context.log.info(outcome)
+        return champion_metadata(client, name, outcome, mlflow_tracking)
     registry.assert_promotable(client, name, version)
     registry.move_alias(client, name, registry.CHALLENGER, version, "bless", "continuous_training_job",
                         "blessed and infra-validated", context.run.run_id)
-    if spec.promotion == "auto":
+    holds = store.deliveries.open_holds()
+    if holds:
+        client.set_model_version_tag(name, version, HELD_TAG, ",".join(str(h.id) for h in holds))
+        why = "; ".join(f"{h.source} {h.period}: {h.reason}" for h in holds)
+        outcome = (f"version {version} awaits approval: run approve_model with version {version}. "
+                   f"Held because the data it learned from looks shifted ({why[:1500]})")
+        alerts.send("WARN", "registry:champion_model", outcome, {"version": version, "holds": [h.id for h in holds]})
+    elif spec.promotion == "auto":
         registry.promote(client, name, version, "promote", "continuous_training_job (policy: auto)",
                          "blessed and infra-validated", context.run.run_id)
         outcome = f"version {version} is the champion"
     else:
         outcome = f"version {version} awaits approval: run approve_model with version {version}"
     context.log.info(outcome)
-    return champion_metadata(client, name, outcome, mlflow_tracking)
+    result = champion_metadata(client, name, outcome, mlflow_tracking)
+    return dg.MaterializeResult(metadata={
+        **(result.metadata or {}),
+        "holds": dg.MetadataValue.md("\n\n".join(h.report for h in holds) or "no open holds")})
 
 
 def champion_metadata(client, name: str, outcome: str, tracking: MlflowResource) -> dg.MaterializeResult:

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import dagster as dg
 
 from mlops_assets.registry import registry
-from mlops_assets.resources import ProjectResource
+from mlops_assets.registry.assets import HELD_TAG
+from mlops_assets.resources import LakeResource, ProjectResource
 from mlops_assets.tracking import MlflowResource
 
 
@@ -34,14 +35,19 @@ def _report(client, name: str, event: dict[str, str], tracking: MlflowResource) 
 
 @dg.op
 def approve_version(context: dg.OpExecutionContext, config: ApprovalConfig, project: ProjectResource,
-                    mlflow_tracking: MlflowResource) -> Iterator[dg.AssetMaterialization | dg.Output]:
-    """Make a blessed, infra-validated version the champion; anything else is refused."""
+                    mlflow_tracking: MlflowResource, lake: LakeResource) -> Iterator[dg.AssetMaterialization | dg.Output]:
+    """Make a blessed, infra-validated version the champion; anything else is refused.
+
+    Approving a version held for shifted data releases those holds: a person has looked at it.
+    """
     name, client = project.get().spec.model_name, mlflow_tracking.client()
     try:
         event = registry.promote(client, name, config.version, "approve", config.approver, config.reason,
                                  context.run.run_id)
     except registry.GovernanceError as exc:
         raise dg.Failure(description=str(exc)) from exc
+    held = client.get_model_version(name, config.version).tags.get(HELD_TAG, "")
+    lake.get().deliveries.release_holds([int(h) for h in held.split(",") if h], f"approved by {config.approver}")
     yield _report(client, name, event, mlflow_tracking)
     yield dg.Output(event)
 
