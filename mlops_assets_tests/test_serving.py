@@ -26,7 +26,7 @@ from mlops_assets.scoring_model import ScoringPyfunc
 from mlops_assets.serving.app import create_app
 from mlops_assets.serving.config import ConfigError, from_env
 from mlops_assets.serving.experiment import bucket
-from mlops_assets.serving.models import settle_heap
+from mlops_assets.serving.models import load_version, settle_heap
 from mlops_assets.serving.predlog import read_prediction_log
 from mlops_assets.settings import DATA_DIR
 from mlops_assets_tests.serving_fixtures import (
@@ -445,20 +445,24 @@ def test_config_comes_from_the_environment_and_names_bad_variables(tmp_path: Pat
         create_app(from_env(env, split_key="nope", online_store_path=tmp_path / "store.db"))
 
 
-def test_settle_heap_freezes_the_loaded_heap_and_still_frees_a_swapped_out_model() -> None:
-    """After a load the heap is frozen (no long full collections during requests); the next swap
-    unfreezes first, so the previous model, cycles included, is not kept forever."""
+def test_settle_heap_freezes_the_loaded_heap_and_still_frees_a_swapped_out_model(flights: Platform) -> None:
+    """After a load the heap is frozen (no long full collections during requests); a swapped-out model
+    is still freed (reference counting), and a swap's young cyclic garbage is collected before the freeze."""
 
-    class Model:
+    class Garbage:
         pass
 
-    old = Model()
-    old.self_reference = old  # type: ignore[attr-defined] - only the cyclic collector can free it
-    gone = weakref.ref(old)
+    model = load_version(flights.client(), flights.model_name, "1")
+    booster = weakref.ref(model.booster)
     try:
-        settle_heap()
+        settle_heap(full=True)
         assert gc.get_freeze_count() > 0
-        del old
+        del model
+        assert booster() is None
+        cycle = Garbage()
+        cycle.self_reference = cycle  # type: ignore[attr-defined] - only the cyclic collector can free it
+        gone = weakref.ref(cycle)
+        del cycle
         settle_heap()
         assert gone() is None
     finally:

@@ -82,9 +82,16 @@ async def _respond(request: Request, instances: list[BaseModel], explain: bool, 
     refuse = service.config.log_unavailable == "refuse"
     if refuse and service.log.degraded:
         return await logged_error(request, 503, "prediction log unavailable", LOG_UNAVAILABLE)
+
+    def answer() -> "tuple[Response, Future[bool] | None]":
+        """Scoring and the JSON encoding of the answer (for a batch, the larger part) in one worker call."""
+        answers, future = service.predict(instances, explain, state.request_id, endpoint, state.started, single)
+        body = ({"request_id": state.request_id, **answers[0]} if single
+                else {"request_id": state.request_id, "predictions": answers})
+        return JSONResponse(body), future
+
     try:
-        answers, future = await run_in_threadpool(service.predict, instances, explain, state.request_id,
-                                                  endpoint, state.started, single)
+        response, future = await run_in_threadpool(answer)
     except (NotReady, ClientError):
         raise
     except Exception:
@@ -93,9 +100,8 @@ async def _respond(request: Request, instances: list[BaseModel], explain: bool, 
     logged = await log_state(service, future)
     if refuse and logged == "not-logged":
         return error_response(503, LOG_UNAVAILABLE, state.request_id)
-    body = ({"request_id": state.request_id, **answers[0]} if single
-            else {"request_id": state.request_id, "predictions": answers})
-    return JSONResponse(body, headers={LOG_HEADER: logged})
+    response.headers[LOG_HEADER] = logged
+    return response
 
 
 EVENTS_BODY = {"type": "object", "required": ["events"], "additionalProperties": False,

@@ -98,12 +98,19 @@ def load_version(client: MlflowClient, name: str, version: str) -> ScoringModel:
     return model
 
 
-def settle_heap() -> None:
-    """Take everything alive after a (re)load out of the cyclic collector's reach (gc.freeze): the
-    ~650k objects of MLflow, pandas, FastAPI and the model otherwise make each full collection a
-    pause of about 350 ms inside some request. Unfrozen first, so a swapped-out model is freed."""
-    gc.unfreeze()
-    gc.collect()
+def settle_heap(full: bool = False) -> None:
+    """Take everything alive after a load out of the cyclic collector's reach (gc.freeze): the ~650k
+    objects of MLflow, pandas, FastAPI and the model otherwise make each full collection a pause of
+    about 300 ms inside some request. The first load (before the service is ready) collects fully
+    first. A hot swap does not: a full collection holds the GIL that long, stalling every request;
+    it collects the young generations (the load's own garbage) and freezes the rest. A swapped-out
+    model is freed by reference counting, which freezing does not stop (LightGBM boosters hold no
+    cycles); what a load leaves in cycles among old objects (a few hundred objects) stays."""
+    if full:
+        gc.unfreeze()
+        gc.collect()
+    else:
+        gc.collect(1)
     gc.freeze()
 
 
@@ -118,6 +125,7 @@ class RegistryWatcher:
         self.slot, self.metrics, self.alert = slot, metrics, alert
         self.arms, self.poll_seconds, self.also = arms, poll_seconds, also
         self.refused: dict[str, str | None] | None = None
+        self._settled = False
         self._refused_seen: set[tuple[str, str]] = set()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="registry-watcher", daemon=True)
@@ -150,7 +158,8 @@ class RegistryWatcher:
         if refused is None:
             self.metrics.governance_cleared()
         if swapped:
-            settle_heap()
+            settle_heap(full=not self._settled)
+            self._settled = True
 
     def _refuse(self, refused: dict[str, str | None]) -> None:
         """Count, log and alert once per (arm, version) however many polls find the alias there."""

@@ -229,7 +229,7 @@ class PredictionLog:
             try:
                 _write_all(part.fd, data)
                 if self.ack == "fsync" or time.monotonic() - self._last_sync >= self.flush_seconds:
-                    os.fsync(part.fd)
+                    os.fdatasync(part.fd)  # data and the file size; not the times
                     self._last_sync = time.monotonic()
             except OSError as exc:
                 self._undo(part, lines, getattr(exc, "written", len(data)))
