@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> None:
         http="httptools",
         log_level=args.log_level,
         access_log=args.access_log,
+        timeout_keep_alive=config.keep_alive_seconds,
     )
 
 

@@ -29,10 +29,12 @@ from mlops_assets.serving.service import NotReady, Service
 from mlops_assets.serving.transport import (
     INTERNAL_ERROR,
     ObserveMiddleware,
+    SeenIds,
     check_batch_size,
     parse_body,
     parse_events,
     read_json_body,
+    refuse_repeated_id,
 )
 
 log = logging.getLogger(__name__)
@@ -111,19 +113,19 @@ EVENTS_BODY = {"type": "object", "required": ["events"], "additionalProperties":
 
 
 def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter:
-    router = APIRouter(prefix="/v1", dependencies=[Depends(require_token)])
+    router = APIRouter(prefix="/v1", dependencies=[Depends(require_token), Depends(refuse_repeated_id)])
 
     @router.post("/predict", openapi_extra=openapi_body(models.single.model_json_schema()))
     async def predict(request: Request, explain: bool | None = None) -> Response:
         """One instance -> the prediction, feature freshness, model version (+ explanation)."""
-        body = await read_json_body(request, config.max_body_bytes)
+        body = await read_json_body(request, config.max_body_bytes, config.body_timeout_seconds)
         instance = parse_body(models.single, body, {})
         return await _respond(request, [instance], bool(explain) or instance.explain, "/v1/predict", single=True)
 
     @router.post("/predict/batch", openapi_extra=openapi_body(batch_schema(models, config.max_batch)))
     async def predict_batch(request: Request, explain: bool | None = None) -> Response:
         """Up to `max_batch` instances in one call, answered in order."""
-        body = await read_json_body(request, config.max_body_bytes)
+        body = await read_json_body(request, config.max_body_bytes, config.body_timeout_seconds)
         check_batch_size(body, config.max_batch)
         batch = parse_body(models.batch, body, {})
         return await _respond(request, list(batch.instances), bool(explain) or batch.explain,
@@ -133,7 +135,7 @@ def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter
     async def push_events(request: Request, source: str) -> Response:
         """Events of a source (e.g. an arrival just reported): the next prediction in every worker counts them.
         The write runs off the event loop: a store busy with a rewrite must not stall predictions."""
-        body = await read_json_body(request, config.max_body_bytes)
+        body = await read_json_body(request, config.max_body_bytes, config.body_timeout_seconds)
         events = parse_events(body, config.max_events)
         try:
             result = await run_in_threadpool(_service(request).push, source, events)
@@ -264,7 +266,7 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
     app = FastAPI(title=f"{service.project.name} prediction service", version="1", lifespan=lifespan,
                   description=service.project.description, **public)  # type: ignore[arg-type]
     app.state.service = service
-    app.add_middleware(ObserveMiddleware, metrics=service.metrics)
+    app.add_middleware(ObserveMiddleware, metrics=service.metrics, seen=SeenIds(cfg.request_id_memory))
     app.include_router(prediction_router(cfg, service.models))
     app.include_router(ops_router(cfg))
     if cfg.token is not None:

@@ -5,15 +5,17 @@ A pure ASGI middleware rather than `BaseHTTPMiddleware`: it adds microseconds, n
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
 import uuid
+from collections import OrderedDict
 from typing import TypeVar
 
 import pydantic_core
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mlops_assets.serving.errors import ClientError, body_problem, error_response, problems_of
@@ -34,30 +36,51 @@ def endpoint_label(path: str) -> str:
     return "/v1/events" if path.startswith(EVENTS_PREFIX) else "other"
 
 
-def request_id_of(scope: Scope) -> str:
-    """The caller's X-Request-ID when it is a sane token, else a new uuid4."""
+def caller_request_id(scope: Scope) -> str | None:
+    """The caller's X-Request-ID when it is a sane token."""
     for name, value in scope.get("headers", ()):
         if name == b"x-request-id":
             text = value.decode("latin-1")
             if REQUEST_ID.match(text):
                 return text
-    return str(uuid.uuid4())
+    return None
+
+
+class SeenIds:
+    """The last `size` caller request ids of /v1 requests (per process): a repeat would make two log
+    records with one id, so it is refused (409) under a fresh id."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def first_time(self, request_id: str) -> bool:
+        if request_id in self._ids:
+            return False
+        self._ids[request_id] = None
+        if len(self._ids) > self.size:
+            self._ids.popitem(last=False)
+        return True
 
 
 class ObserveMiddleware:
     """Request id in and out, latency and status into the metrics, and a generic 500 for any escape."""
 
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: Metrics, seen: SeenIds) -> None:
         self.app = app
         self.metrics = metrics
+        self.seen = seen
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = request_id_of(scope)
-        scope.setdefault("state", {}).update(request_id=request_id, started=started)
+        given, repeated = caller_request_id(scope), None
+        if given is not None and scope.get("path", "").startswith("/v1/") and not self.seen.first_time(given):
+            given, repeated = None, given
+        request_id = given or str(uuid.uuid4())
+        scope.setdefault("state", {}).update(request_id=request_id, started=started, repeated_id=repeated)
         status, responded = 500, False
         header = (b"x-request-id", request_id.encode("latin-1"))
 
@@ -78,24 +101,44 @@ class ObserveMiddleware:
             self.metrics.observe(endpoint_label(scope.get("path", "")), status, time.perf_counter() - started)
 
 
-async def read_json_body(request: Request, limit: int) -> bytes:
-    """The raw body, after checking the media type (415), the size (413) and emptiness (400)."""
+def refuse_repeated_id(request: Request) -> None:
+    """A /v1 dependency: 409 for a caller request id this process has already answered."""
+    if request.state.repeated_id is not None:
+        raise ClientError(409, [{"field": "x-request-id", "problem": "already used by an earlier request; "
+                                                                    "send a unique id (or none)"}])
+
+
+async def read_json_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The raw body, after checking the media type (415), the size (413) and emptiness (400); a body
+    not received within `timeout` is a 408 (a slow client must not hold a connection), a client gone
+    before sending it a 499 (logged and counted as the client's doing, not a 500)."""
     media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if media != "application/json" and not media.endswith("+json"):
         raise ClientError(415, body_problem("Content-Type must be application/json"))
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ClientError(413, body_problem(f"body larger than the limit of {limit} bytes"))
-    chunks, size = [], 0
+    chunks: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout):
+            await _receive(request, limit, chunks)
+    except TimeoutError:
+        raise ClientError(408, body_problem(f"body not received within {timeout:g} s")) from None
+    except ClientDisconnect:
+        raise ClientError(499, body_problem("the client closed the connection before sending the body")) from None
+    body = b"".join(chunks)
+    if not body.strip():
+        raise ClientError(400, body_problem("request body is empty; send a JSON object"))
+    return body
+
+
+async def _receive(request: Request, limit: int, chunks: list[bytes]) -> None:
+    size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise ClientError(413, body_problem(f"body larger than the limit of {limit} bytes"))
         chunks.append(chunk)
-    body = b"".join(chunks)
-    if not body.strip():
-        raise ClientError(400, body_problem("request body is empty; send a JSON object"))
-    return body
 
 
 def parse_body(model: type[Body], body: bytes, context: dict[str, object]) -> Body:
