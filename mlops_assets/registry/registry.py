@@ -84,6 +84,8 @@ def assert_promotable(client: MlflowClient, name: str, version: str) -> None:
     try:
         tags = client.get_model_version(name, version).tags
     except MlflowException as exc:
+        if not not_found(exc):
+            raise
         raise GovernanceError(f"{name} version {version} does not exist") from exc
     if tags.get("blessed") != "true":
         why = tags.get("blessing_reasons") or "no blessing verdict recorded"
