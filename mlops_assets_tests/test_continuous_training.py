@@ -172,35 +172,59 @@ def test_unchanged_training_set_registers_no_new_version(env: PipelineEnv) -> No
     assert registry.alias_version(c, MODEL, registry.CHAMPION) == champion
 
 
-def test_shifted_month_is_ingested_but_its_challenger_waits_for_approval(env: PipelineEnv, tmp_path: Path) -> None:
-    """A storm July (every delay +45 min) is valid, so it is ingested; the shift holds promotion while the
-    champion keeps serving, and approving the version releases the hold."""
+def land_and_run(env: PipelineEnv, frame: pl.DataFrame, path: Path, period: str) -> tuple:
+    """Deliver a file and run what the landing sensor requests for it, as the daemon would."""
+    lake = env.resources["lake"].get()
+    frame.write_parquet(path)
+    delivery = lake.deliveries.add(path, "flights", period, landed_by="test")
+    [request] = env.defs().resolve_sensor_def("landing_folder_sensor")(
+        dg.build_sensor_context(instance=env.instance, resources=env.resources)).run_requests
+    result = env.defs().resolve_job_def("landed_period_job").execute_in_process(
+        instance=env.instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False,
+        asset_selection=request.asset_selection)
+    return delivery, result
+
+
+def test_storm_month_is_ingested_held_and_its_broken_slice_fails_the_gate(env: PipelineEnv, tmp_path: Path) -> None:
+    """July with every delay +45 min is valid: ingested, held for its shift, and the model's July slice
+    (0.3 behind overall) fails `max_slice_gap`; the champion keeps serving."""
     c = client(env)
     champion = registry.alias_version(c, MODEL, registry.CHAMPION)
     lake = env.resources["lake"].get()
     july = pl.scan_parquet(DATA_DIR / "flights.parquet").filter(pl.col("month") == 7).collect()
-    july.with_columns(pl.col("dep_delay") + 45, pl.col("arr_delay") + 45).write_parquet(tmp_path / "storm.parquet")
-    delivery = lake.deliveries.add(tmp_path / "storm.parquet", "flights", "2013-07", landed_by="test")
-    request = env.defs().resolve_sensor_def("landing_folder_sensor")(
-        dg.build_sensor_context(instance=env.instance, resources=env.resources)).run_requests[0]
-    result = env.defs().resolve_job_def("landed_period_job").execute_in_process(
-        instance=env.instance, partition_key=request.partition_key, tags=request.tags, raise_on_error=False,
-        asset_selection=request.asset_selection)
-    assert result.success
+    storm = july.with_columns(pl.col("dep_delay") + 45, pl.col("arr_delay") + 45)
+    delivery, result = land_and_run(env, storm, tmp_path / "storm.parquet", "2013-07")
+    assert not result.success
     assert lake.deliveries.get(delivery.id).status == "ingested" and "2013-07" in lake.available_periods("flights")
     [hold] = lake.deliveries.open_holds()
     assert hold.delivery_id == delivery.id and "dep_delay shifted" in hold.reason
     semantics = [e.event_specific_data for e in result.all_events if e.event_type_value == "ASSET_CHECK_EVALUATION"
                  and e.event_specific_data.check_name == "batch_semantics"]
     assert [s.passed for s in semantics] == [False]
+    assert "max_slice_gap" in c.get_model_version(MODEL, str(len(c.search_model_versions(f"name='{MODEL}'")))).tags[
+        "blessing_reasons"]
+    assert registry.alias_version(c, MODEL, registry.CHAMPION) == champion
+    alerts = env.resources["alerts"].read()
+    assert any(a["details"].get("sha256") == delivery.sha256 and a["severity"] == "WARN" for a in alerts)
+
+
+def test_held_month_challenger_waits_for_approval_which_releases_the_holds(env: PipelineEnv, tmp_path: Path) -> None:
+    """July re-delivered with only days 1-10: supersedes the storm file, still held (completeness); the blessed
+    challenger waits while the champion serves, and approving it releases both holds."""
+    c = client(env)
+    champion = registry.alias_version(c, MODEL, registry.CHAMPION)
+    lake = env.resources["lake"].get()
+    july = pl.scan_parquet(DATA_DIR / "flights.parquet").filter(pl.col("month") == 7).collect()
+    delivery, result = land_and_run(env, july.filter(pl.col("day") <= 10), tmp_path / "july-1-10.parquet", "2013-07")
+    assert result.success
+    assert [d.status for d in lake.deliveries.all(period="2013-07")] == ["superseded", "ingested"]
+    assert any("10 of the period's 31 days" in h.reason for h in lake.deliveries.open_holds())
     challenger = registry.alias_version(c, MODEL, registry.CHALLENGER)
     assert challenger != champion and registry.alias_version(c, MODEL, registry.CHAMPION) == champion
     outcome = result.asset_materializations_for_node("champion_model")[0].metadata["outcome"].value
     assert f"awaits approval: run approve_model with version {challenger}" in outcome and "shifted" in outcome
-    alerts = env.resources["alerts"].read()
-    assert any(delivery.sha256 == a["details"].get("sha256") and a["severity"] == "WARN" for a in alerts)
-    config = {"ops": {"approve_version": {"config": {"version": challenger, "reason": "km converted upstream, "
-                                                     "checked", "approver": "dana"}}}}
+    config = {"ops": {"approve_version": {"config": {"version": challenger, "reason": "partial month confirmed "
+                                                     "by the carrier", "approver": "dana"}}}}
     assert env.run("approve_model", config=config).success
     assert registry.alias_version(c, MODEL, registry.CHAMPION) == challenger and lake.deliveries.open_holds() == []
 

@@ -66,6 +66,15 @@ def test_a_then_b_then_a_again_reingests_a_and_keeps_every_version(lake: Lake, d
     assert first.blob.exists() and second.blob.exists() and second.blob.suffix == ".csv"
 
 
+def test_the_same_bytes_as_csv_and_as_parquet_are_two_deliveries_with_two_files(lake: Lake, tmp_path) -> None:
+    (tmp_path / "empty.csv").write_bytes(b"")
+    (tmp_path / "empty.parquet").write_bytes(b"")
+    as_csv = lake.deliveries.add(tmp_path / "empty.csv", "flights", MAY, "test")
+    as_parquet = lake.deliveries.add(tmp_path / "empty.parquet", "flights", MAY, "test")
+    assert as_csv.sha256 == as_parquet.sha256 and as_csv.blob != as_parquet.blob
+    assert as_csv.blob.exists() and as_parquet.blob.exists() and as_csv.id != as_parquet.id
+
+
 def test_an_untagged_rerun_ingests_the_current_delivery_never_the_embedded_data(
         lake: Lake, defs: dg.Definitions, resources: dict, tmp_path) -> None:
     may(300).write_parquet(tmp_path / "a.parquet")

@@ -164,6 +164,7 @@ def test_bad_batch_is_blocked_quarantined_and_never_replaces_good_data(
     assert (kept / source.name).read_bytes() == source.read_bytes() == landed.blob.read_bytes()
     report = json.loads((kept / "report.json").read_text())
     assert report["failures"] and needle in (kept / "report.md").read_text()
+    assert report["lineage"]["sha256"] == landed.sha256 and report["lineage"]["original_path"] == str(source)
     recorded = lake.deliveries.get(landed.id)
     assert recorded.status == "rejected" and needle in recorded.reason and recorded.quarantine == str(kept)
     [alert] = AlertSink(path=str(lake.root / "alerts.jsonl")).read()

@@ -250,12 +250,16 @@ def _cast(expr: pl.Expr, dtype: pl.DataType, kind: ColumnType, time_zone: str) -
 
 
 def quarantine(lake: Lake, batch: Batch) -> Path:
-    """Keep the rejected batch (the original file when there is one) with its report."""
+    """Keep the rejected batch (the original file when there is one) with its report and lineage."""
+    delivery = batch.delivery
+    lineage = ({"delivery": delivery.name, "original_name": delivery.original_name,
+                "original_path": delivery.original_path, "sha256": delivery.sha256, "size": delivery.size,
+                "landed_at": delivery.landed_at, "landed_by": delivery.landed_by} if delivery else {"origin": batch.origin})
     return lake.quarantine(
         batch.table,
         batch.period or "reference",
-        batch.report.to_dict(),
-        batch.report.to_markdown(),
+        {**batch.report.to_dict(), "lineage": lineage},
+        f"{batch.report.to_markdown()}\n\nLineage: {lineage}",
         df=batch.frame,
         source_file=batch.delivery.blob if batch.delivery else None,
         original_name=batch.delivery.original_name if batch.delivery else None,

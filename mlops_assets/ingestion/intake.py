@@ -36,10 +36,10 @@ def check_landing(project: Project, path: Path, source: str, period: str) -> str
         raise ValueError(f"--table {source!r}: the project {project.name!r} declares no periodic source of that "
                          f"name (periodic sources: {', '.join(project.periodic_sources)})")
     key = calendar_key(project, period)
-    if path.suffix.lower() not in SUFFIXES:
-        raise ValueError(f"{path}: a {path.suffix or 'suffix-less'} file; deliver .csv or .parquet")
     if not path.is_file():
         raise ValueError(f"{path}: not a readable .csv or .parquet file (missing, or a directory)")
+    if path.suffix.lower() not in SUFFIXES:
+        raise ValueError(f"{path}: a {path.suffix or 'suffix-less'} file; deliver .csv or .parquet")
     return key
 
 

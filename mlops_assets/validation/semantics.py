@@ -148,7 +148,7 @@ def calendar_mismatch(spec: SourceSpec, batch: pl.DataFrame) -> tuple[float, dic
                                    for part, col in calendar.items()])
     flagged = batch.filter(disagrees)
     example = flagged.select(spec.time, *calendar.values()).head(1).to_dicts()
-    return flagged.height / batch.height, (example[0] if example else {})
+    return flagged.height / batch.height, ({k: str(v) for k, v in example[0].items()} if example else {})
 
 
 def completeness_findings(spec: SourceSpec, batch: pl.DataFrame, earlier: list[pl.DataFrame],
