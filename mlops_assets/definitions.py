@@ -32,6 +32,8 @@ from mlops_assets.project.loading import load_project
 from mlops_assets.project.spec import Project
 from mlops_assets.registry.assets import champion_model, registered_model_version, serving_infra_validation
 from mlops_assets.registry.jobs import approve_model, rollback_champion
+from mlops_assets.registry.report_asset import governance_report
+from mlops_assets.registry.review_job import request_changes
 from mlops_assets.resources import LakeResource, OnlineStoreResource, ProjectResource
 from mlops_assets.settings import executor_name, project_path
 from mlops_assets.tracking import MlflowResource
@@ -100,13 +102,13 @@ def build_definitions(project_file: Path | None = None, resources: dict | None =
     project = load_project(project_file).spec
     assets = [*ingestion_assets(project), *feature_assets(project), training_set_asset(project), candidate_model,
               model_evaluation, registered_model_version, champion_model, *batch_scoring_assets(project),
-              *monitoring_assets(project)]
+              *monitoring_assets(project), governance_report]
     default_resources = {"lake": LakeResource(), "online": OnlineStoreResource(),
                          "project": ProjectResource(path=str(project_file)), "mlflow_tracking": MlflowResource(),
                          "alerts": AlertSink()}
     return dg.Definitions(
         assets=assets, asset_checks=[serving_infra_validation],
-        jobs=[*_jobs(project), approve_model, rollback_champion],
+        jobs=[*_jobs(project), approve_model, rollback_champion, request_changes],
         sensors=[landing_sensor(after_ingestion(assets, project)), run_failure_alert, monitor_retraining_sensor, monitoring_automation(project)],
         schedules=[retraining_schedule],
         resources={**default_resources, **(resources or {})}, executor=EXECUTORS[executor_name()](),

@@ -5,7 +5,7 @@ from mlflow.exceptions import MlflowException
 
 from mlops_assets.alerts import AlertSink
 from mlops_assets.lake import EXPECTED, read_canary, read_record, write_record
-from mlops_assets.registry import registry
+from mlops_assets.registry import registry, review
 from mlops_assets.registry.infra import expected_array, validate_serving
 from mlops_assets.registry.model_card import model_card
 from mlops_assets.resources import LakeResource, ProjectResource
@@ -139,6 +139,7 @@ def champion_model(context: dg.AssetExecutionContext, lake: LakeResource, projec
                    f"Held because the data it learned from looks shifted ({why[:1500]})")
         alerts.send("WARN", "registry:champion_model", outcome, {"version": version, "holds": [h.id for h in holds]})
     elif spec.promotion == "auto":
+        review.assert_no_changes_requested(client, name, version)
         registry.promote(client, name, version, "promote", "continuous_training_job (policy: auto)",
                          "blessed and infra-validated", context.run.run_id)
         outcome = f"version {version} is the champion"

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import dagster as dg
 
-from mlops_assets.registry import registry
+from mlops_assets.registry import registry, review
 from mlops_assets.registry.assets import HELD_TAG
 from mlops_assets.resources import LakeResource, ProjectResource
 from mlops_assets.tracking import MlflowResource
@@ -42,6 +42,7 @@ def approve_version(context: dg.OpExecutionContext, config: ApprovalConfig, proj
     """
     name, client = project.get().spec.model_name, mlflow_tracking.client()
     try:
+        review.assert_no_changes_requested(client, name, config.version)
         event = registry.promote(client, name, config.version, "approve", config.approver, config.reason,
                                  context.run.run_id)
     except registry.GovernanceError as exc:
