@@ -308,6 +308,10 @@ class TuningSpec(Strict):
     timeout_seconds: float = Field(90, gt=0)
     max_rounds: int = Field(1000, ge=10)
     early_stopping_rounds: int = Field(50, ge=5)
+    start_params: dict[Literal["learning_rate", "num_leaves", "min_child_samples", "feature_fraction",
+                               "bagging_fraction", "lambda_l2"], float | int] | None = Field(
+        None, description="the first trial's LightGBM parameters (others from the defaults), e.g. promoted "
+                          "from an experimentation notebook")
 
 
 class GateSpec(Strict):
@@ -337,6 +341,31 @@ class MonitoringSpec(Strict):
     retrain_on: Literal["WARN", "ERROR"] = "ERROR"
     retrain_cooldown_hours: float = Field(6.0, ge=0)
     sample_rows: int = Field(30_000, ge=100)
+
+
+class PolicySpec(Strict):
+    """When a continuous-training policy retrains: never, every N periods, on drift, on a live-metric drop."""
+
+    name: Name
+    retrain: Literal["never", "every", "drift", "metric_drop"]
+    every: int = Field(1, ge=1, description="for `every`: retrain every N periods")
+    drift_share: float = Field(0.3, gt=0, le=1, description="for `drift`: share of features with PSI > 0.25")
+    metric_drop: float = Field(0.02, gt=0, description="for `metric_drop`: live metric worse than at training by")
+
+
+def _default_policies() -> list[PolicySpec]:
+    return [PolicySpec(name="never", retrain="never"), PolicySpec(name="every_period", retrain="every"),
+            PolicySpec(name="every_3", retrain="every", every=3), PolicySpec(name="on_drift", retrain="drift"),
+            PolicySpec(name="on_metric_drop", retrain="metric_drop")]
+
+
+class BacktestSpec(Strict):
+    """Replaying periods under several retraining policies before trusting one (see backtest/)."""
+
+    initial: int = Field(3, ge=2, description="periods of history before the first served period")
+    periods: int | None = Field(None, ge=1, description="how many periods to serve (default: all after initial)")
+    max_rounds: int = Field(200, ge=10, description="fixed boosting budget per retrain (no tuning)")
+    policies: list[PolicySpec] = Field(default_factory=_default_policies, min_length=1)
 
 
 class ExamplesSpec(Strict):
@@ -381,6 +410,7 @@ class Project(Strict):
     gate: GateSpec = GateSpec()
     infra: InfraSpec = InfraSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
+    backtest: BacktestSpec = BacktestSpec()
     promotion: Literal["auto", "manual"] = "auto"
 
     @property

@@ -2,7 +2,8 @@
 
 The objective and the early-stopping metric follow the project's problem and primary metric.
 No Dagster or MLflow here: each finished trial is handed to `on_trial`, which the asset uses to
-log a nested MLflow run.
+log a nested MLflow run. The first trial is `DEFAULT_PARAMS`, overridden by the project's
+`tuning.start_params` (e.g. promoted from an experimentation notebook).
 """
 
 from __future__ import annotations
@@ -66,6 +67,17 @@ def model_categoricals(frame: pl.DataFrame, features: list[str], declared: list[
     return [f for f in features if f in declared or frame.schema[f] in (pl.String, pl.Categorical)]
 
 
+def first_trial_params(project: Project) -> dict[str, float | int]:
+    """The defaults with the project's `tuning.start_params`; an integer parameter must be a whole number."""
+    params: dict[str, float | int] = dict(DEFAULT_PARAMS)
+    for name, value in (project.tuning.start_params or {}).items():
+        whole = isinstance(DEFAULT_PARAMS[name], int)
+        if whole and float(value) != int(value):
+            raise ValueError(f"tuning.start_params.{name} must be a whole number, not {value}")
+        params[name] = int(value) if whole else float(value)
+    return params
+
+
 def _search_space(trial: optuna.Trial) -> dict[str, float | int]:
     return {
         "learning_rate": trial.suggest_float("learning_rate", 0.02, 0.2, log=True),
@@ -105,7 +117,7 @@ def train_candidate(
     train: pl.DataFrame, valid: pl.DataFrame, project: Project, features: list[str],
     on_trial: Callable[[TrialOutcome], None] | None = None, seed: int = 7,
 ) -> TrainedCandidate:
-    """Tune within `project.tuning` (trials and seconds); the first trial is a sensible default."""
+    """Tune within `project.tuning` (trials and seconds); the first trial is `first_trial_params`."""
     import lightgbm as lgb  # imported when training, not by every process that loads the definitions
     import optuna
 
@@ -135,7 +147,7 @@ def train_candidate(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed))
-    study.enqueue_trial(DEFAULT_PARAMS)
+    study.enqueue_trial(first_trial_params(project))
     study.optimize(objective, n_trials=project.tuning.n_trials, timeout=project.tuning.timeout_seconds)
     best = {o.number: o for o in outcomes}[study.best_trial.number]
     winner = boosters[best.number]
