@@ -107,7 +107,8 @@ def mlflow_ui(port: int, writable: bool = False) -> int:
         print("MLflow UI read-only: aliases move through approve_model / rollback_model "
               "(mlops-assets mlflow-ui --writable to allow changes)", flush=True)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", stores[0],
-               "--registry-store-uri", stores[1], "--host", "127.0.0.1", "--port", str(port)]
+               "--registry-store-uri", stores[1], "--host", "127.0.0.1", "--port", str(port),
+               "--workers", "1"]  # one person's UI: MLflow's default of 4 workers starts 4 interpreters
     os.execvp(command[0], command)
 
 

@@ -25,6 +25,7 @@ import lightgbm as lgb
 import mlflow
 import pandas as pd
 import polars as pl
+import pytest
 import yaml
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
@@ -217,6 +218,13 @@ def build_flights(root: Path) -> Platform:
     platform.move("champion", "1")
     platform.move("challenger", "2")
     return platform
+
+
+@pytest.fixture(scope="session", name="shared_flights")
+def shared_flights_fixture(tmp_path_factory: pytest.TempPathFactory) -> Platform:
+    """One flights platform for the serving test modules besides test_serving (built once: ~10 s);
+    their `flights` fixtures reset the aliases, and what a module adds (a version) is its own."""
+    return build_flights(tmp_path_factory.mktemp("shared_flights"))
 
 
 def multiclass_project(root: Path) -> Path:

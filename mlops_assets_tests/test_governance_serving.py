@@ -21,24 +21,30 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from mlops_assets.registry import registry
+from mlops_assets.registry.infra import validate_serving
+from mlops_assets.scoring_model import ScoringPyfunc
 from mlops_assets.serving.app import create_app
 from mlops_assets.serving.governance import alias_version
-from mlops_assets_tests.serving_fixtures import Platform, build_flights, eventually
+from mlops_assets_tests.serving_fixtures import (
+    Platform,
+    eventually,
+    shared_flights_fixture,  # noqa: F401 - registers it
+)
 
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @pytest.fixture(scope="module")
-def flights_built(tmp_path_factory: pytest.TempPathFactory) -> Platform:
-    platform = build_flights(tmp_path_factory.mktemp("governance"))
-    platform.log_version(platform.models["2"], tags={"blessed": "false", "blessing_reasons": "AUC below floor"})
-    return platform
+def unblessed(shared_flights: Platform) -> str:
+    """A version the gate refused (as registered_model_version tags it)."""
+    return shared_flights.log_version(shared_flights.models["2"],
+                                      tags={"blessed": "false", "blessing_reasons": "AUC below floor"})
 
 
 @pytest.fixture()
-def flights(flights_built: Platform) -> Platform:
-    flights_built.move("champion", "1")
-    return flights_built
+def flights(shared_flights: Platform, unblessed: str) -> Platform:
+    shared_flights.move("champion", "1")
+    return shared_flights
 
 
 
@@ -46,13 +52,14 @@ def served_version(client: TestClient, platform: Platform) -> str:
     return client.post("/v1/predict", json=platform.requests(1)[0]).json()["model"]["version"]
 
 
-def test_an_alias_moved_outside_the_platform_is_not_served(flights: Platform, tmp_path: Path) -> None:
+def test_an_alias_moved_outside_the_platform_is_not_served(flights: Platform, unblessed: str,
+                                                           tmp_path: Path) -> None:
     alerts = tmp_path / "alerts.jsonl"
     mlflow = flights.client()
     with TestClient(create_app(flights.config(tmp_path, alerts_path=alerts))) as client:
         watcher = client.app.state.service.watcher  # type: ignore[attr-defined]
         assert served_version(client, flights) == "1"
-        mlflow.set_registered_model_alias(flights.model_name, "champion", "3")  # unblessed, as a REST call would
+        mlflow.set_registered_model_alias(flights.model_name, "champion", unblessed)  # as a REST call would
         watcher.safe_refresh()
         assert served_version(client, flights) == "1"
         health = client.get("/health").json()
@@ -73,8 +80,8 @@ def test_an_alias_moved_outside_the_platform_is_not_served(flights: Platform, tm
     assert [json.loads(line)["source"] for line in alerts.read_text().splitlines()] == ["serving", "serving"]
 
 
-def test_an_ungoverned_champion_at_start_is_not_served(flights: Platform, tmp_path: Path) -> None:
-    flights.client().set_registered_model_alias(flights.model_name, "champion", "3")
+def test_an_ungoverned_champion_at_start_is_not_served(flights: Platform, unblessed: str, tmp_path: Path) -> None:
+    flights.client().set_registered_model_alias(flights.model_name, "champion", unblessed)
     with TestClient(create_app(flights.config(tmp_path, alerts_path=tmp_path / "alerts.jsonl"))) as client:
         assert client.get("/ready").status_code == 503
         assert client.post("/v1/predict", json=flights.requests(1)[0]).status_code == 503
@@ -133,15 +140,30 @@ def mlflow_ui(flights: Platform, tmp_path: Path) -> Iterator[str]:
         log.close()
 
 
-def test_make_mlflow_serves_a_read_only_registry(flights: Platform, mlflow_ui: str) -> None:
+def test_make_mlflow_serves_a_read_only_registry(flights: Platform, unblessed: str, mlflow_ui: str) -> None:
     name = flights.model_name
     status, body = http(f"{mlflow_ui}/api/2.0/mlflow/registered-models/get?name={name}")
     assert status == 200 and json.loads(body)["registered_model"]["name"] == name
     status, _ = http(f"{mlflow_ui}/api/2.0/mlflow/registered-models/alias",
-                     {"name": name, "alias": "champion", "version": "3"})
+                     {"name": name, "alias": "champion", "version": unblessed})
     assert status >= 400
     status, _ = http(f"{mlflow_ui}/api/2.0/mlflow/model-versions/set-tag",
-                     {"name": name, "version": "3", "key": "blessed", "value": "true"})
+                     {"name": name, "version": unblessed, "key": "blessed", "value": "true"})
     assert status >= 400
     status, body = http(f"{mlflow_ui}/api/2.0/mlflow/registered-models/alias?name={name}&alias=champion")
     assert status == 200 and json.loads(body)["model_version"]["version"] == "1"
+
+
+def test_infra_validation_loads_and_scores_through_the_service_path(flights: Platform) -> None:
+    """The probe (a fresh process, through the registry) scores like the service, an unseen category too
+    (the budget's verdict is test_gate's, without a process start)."""
+    model = flights.models["1"]
+    rows = flights.served().head(40).to_pandas()[model.features]
+    canary = rows.astype({f: "object" for f in model.categorical_levels})
+    canary.loc[0, next(iter(model.categorical_levels))] = "NEVER SEEN"
+    expected = ScoringPyfunc(model).predict(None, canary)
+    env = {"MLFLOW_TRACKING_URI": flights.tracking_uri, "MLFLOW_REGISTRY_URI": flights.tracking_uri}
+    uri = f"models:/{flights.model_name}/1"
+    report = validate_serving(uri, canary, expected, env, latency_budget_ms=10_000, timeout_seconds=300)
+    assert report.passed, report.reasons
+    assert report.figures["max_abs_diff"] == 0.0 and report.figures["canary_rows"] == 40

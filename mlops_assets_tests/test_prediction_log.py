@@ -17,12 +17,18 @@ from fastapi.testclient import TestClient
 
 from mlops_assets.serving.app import create_app
 from mlops_assets.serving.predlog import PredictionLog
-from mlops_assets_tests.serving_fixtures import Platform, build_flights, eventually, log_lines
+from mlops_assets_tests.serving_fixtures import (
+    Platform,
+    eventually,
+    log_lines,
+    shared_flights_fixture,  # noqa: F401 - registers it
+)
 
 
-@pytest.fixture(scope="module")
-def flights(tmp_path_factory: pytest.TempPathFactory) -> Platform:
-    return build_flights(tmp_path_factory.mktemp("predlog"))
+@pytest.fixture()
+def flights(shared_flights: Platform) -> Platform:
+    shared_flights.move("champion", "1")
+    return shared_flights
 
 
 

@@ -15,14 +15,19 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from mlops_assets.serving.app import create_app
-from mlops_assets_tests.serving_fixtures import Platform, build_flights, log_lines
+from mlops_assets_tests.serving_fixtures import (
+    Platform,
+    log_lines,
+    shared_flights_fixture,  # noqa: F401 - registers it
+)
 
 Receive = Callable[[], Awaitable[dict[str, object]]]
 
 
-@pytest.fixture(scope="module")
-def flights(tmp_path_factory: pytest.TempPathFactory) -> Platform:
-    return build_flights(tmp_path_factory.mktemp("hygiene"))
+@pytest.fixture()
+def flights(shared_flights: Platform) -> Platform:
+    shared_flights.move("champion", "1")
+    return shared_flights
 
 
 def asgi_post(app: FastAPI, path: str, receive: Receive, length: int) -> tuple[int, dict[str, object]]:

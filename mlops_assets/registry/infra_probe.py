@@ -6,23 +6,30 @@ import json
 import sys
 import time
 
-import mlflow.pyfunc
 import numpy as np
 import pandas as pd
+
+from mlops_assets.serving.models import load_scoring_model
 
 SINGLE_ROW_CALLS = 100
 
 
+def client_rows(frame: pd.DataFrame) -> list[dict[str, object]]:
+    """Canary rows as the service hands them to the model: dicts, missing values as None."""
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")
+
+
 def main(model_uri: str, rows_path: str, out_path: str) -> None:
+    """Load and score exactly as the service does (its loader, `matrix` + `predict_matrix`)."""
     started = time.perf_counter()
-    model = mlflow.pyfunc.load_model(model_uri)
+    model = load_scoring_model(model_uri)
     load_seconds = time.perf_counter() - started
-    rows = pd.read_parquet(rows_path)
-    predictions = np.asarray(model.predict(rows), dtype=float)
+    rows = client_rows(pd.read_parquet(rows_path))
+    predictions = np.asarray(model.predict_matrix(model.matrix(rows)), dtype=float)
     latencies = []
-    for i in range(min(SINGLE_ROW_CALLS, len(rows))):
+    for row in rows[:SINGLE_ROW_CALLS]:
         t0 = time.perf_counter()
-        model.predict(rows.iloc[[i]])
+        model.predict_matrix(model.matrix([row]))
         latencies.append((time.perf_counter() - t0) * 1000)
     with open(out_path, "w") as fh:
         json.dump({

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlops_assets.serving.governance import EVENT_PREFIX, alias_events, alias_version, not_found
+from mlops_assets.serving.governance import EVENT_PREFIX, alias_events, alias_version, model_tags, not_found
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -41,15 +41,8 @@ def register_version(client: MlflowClient, name: str, model_uri: str, run_id: st
 
 
 def alias_history(client: MlflowClient, name: str) -> list[dict[str, str]]:
-    """All recorded alias moves, oldest first (none for a model not registered yet; a registry error
-    is raised: read as 'no history' it would restart the numbering and overwrite events)."""
-    try:
-        tags = client.get_registered_model(name).tags
-    except MlflowException as exc:
-        if not_found(exc):
-            return []
-        raise
-    return alias_events(tags)
+    """All recorded alias moves, oldest first (none for a model not registered yet)."""
+    return alias_events(model_tags(client, name))
 
 
 def move_alias(client: MlflowClient, name: str, alias: str, version: str, action: str,

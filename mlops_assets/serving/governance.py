@@ -35,6 +35,17 @@ def alias_version(client: MlflowClient, name: str, alias: str) -> str | None:
         raise
 
 
+def model_tags(client: MlflowClient, name: str) -> dict[str, str]:
+    """A registered model's tags; none for a model not registered yet. A registry error is raised:
+    read as 'no tags' it would make a history restart its numbering and overwrite events."""
+    try:
+        return dict(client.get_registered_model(name).tags)
+    except MlflowException as exc:
+        if not_found(exc):
+            return {}
+        raise
+
+
 def alias_events(model_tags: dict[str, str]) -> list[dict[str, str]]:
     """The recorded alias moves in a registered model's tags, oldest first."""
     events = [json.loads(v) for k, v in model_tags.items() if k.startswith(EVENT_PREFIX)]

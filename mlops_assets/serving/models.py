@@ -86,16 +86,20 @@ class ModelSlot:
             self.arms = self.arms.with_arm(arm, loaded, self.view_order)
 
 
-def load_version(client: MlflowClient, name: str, version: str) -> ScoringModel:
-    """The scoring model of one registered version, loaded from its artifact location and warmed up
-    (a first prediction and explanation), so the first request after the swap pays nothing extra."""
-    source = client.get_model_version_download_uri(name, version)
-    python_model = mlflow.pyfunc.load_model(source).unwrap_python_model()
+def load_scoring_model(uri: str) -> ScoringModel:
+    """The scoring model behind a pyfunc URI, warmed up (a first prediction and explanation) so the first
+    request after a swap pays nothing extra. Infra validation's probe loads through this too."""
+    python_model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
     model = ScoringModel.adopt(getattr(python_model, "model", python_model))
     warm = np.full((1, len(model.features)), np.nan)
     model.predict_matrix(warm)
     model.contributions_matrix(warm)
     return model
+
+
+def load_version(client: MlflowClient, name: str, version: str) -> ScoringModel:
+    """One registered version, loaded from its artifact location."""
+    return load_scoring_model(client.get_model_version_download_uri(name, version))
 
 
 def settle_heap(full: bool = False) -> None:
