@@ -16,7 +16,7 @@ import pytest
 from mlops_assets import experimentation as ex
 from mlops_assets.contract import SPLIT
 from mlops_assets.features.repository import model_features
-from mlops_assets.lake import Lake, read_training_set
+from mlops_assets.lake import Lake, read_record, read_training_set
 from mlops_assets.project.loading import ProjectError, load_project
 from mlops_assets.project.spec import TuningSpec
 from mlops_assets.settings import DATA_DIR, PROJECTS_DIR
@@ -35,6 +35,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> PipelineEnv:
     platform.write_project("weather", **SMALL)
     assert platform.ingest("2012-01", "2012-03").success
     assert platform.run("feature_repository_job").success
+    candidate = platform.defs().resolve_implicit_global_asset_job_def().execute_in_process(
+        instance=platform.instance, asset_selection=[dg.AssetKey("candidate_model")])
+    assert candidate.success
     return platform
 
 
@@ -95,8 +98,18 @@ def test_variants_are_exploration_runs_in_the_pipelines_experiment(env: Pipeline
         assert float(run.data.params["num_leaves"]) == variant.params["num_leaves"]
         assert run.data.metrics["test_rmse"] == pytest.approx(variant.test_metrics["rmse"])
         assert f"[num_leaves: {variant.params['num_leaves']}]" in variant.model.booster.model_to_string()
-    runs = ex.experiment_runs(ws)
-    assert {r["run_id"]: r["kind"] for r in runs.to_dicts()} == {v.run_id: "exploration" for v in variants}
+    runs = {r["run_id"]: r for r in ex.experiment_runs(ws).to_dicts()}
+    pipeline = [r for r in runs.values() if r["kind"] == "pipeline"]
+    assert len(runs) == 3 and {v.run_id for v in variants} | {pipeline[0]["run_id"]} == set(runs)
+
+
+def test_the_project_files_variant_is_the_pipelines_candidate(env: PipelineEnv, variants: list[ex.Variant]) -> None:
+    """One trial with the project file's parameters trains what the candidate_model asset trained."""
+    record = read_record(Lake(root=env.root / "state", data_dir=DATA_DIR), "candidate_model")
+    current = variants[0].candidate
+    assert record["n_trials"] == 1 and record["params"] == current.params
+    assert record["validation_score"] == current.validation_score
+    assert record["best_iteration"] == current.best_iteration
 
 
 def test_compare_puts_the_best_on_the_primary_metric_first(ws: ex.Workspace, variants: list[ex.Variant]) -> None:
