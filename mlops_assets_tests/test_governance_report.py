@@ -10,15 +10,25 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from dataclasses import dataclass
 
 import dagster as dg
+import polars as pl
 import pytest
 
 from mlops_assets.monitoring.replay import replay_period
+from mlops_assets.project.loading import load_project
 from mlops_assets.registry import registry, review
-from mlops_assets.registry.governance_report import NO_PERIOD, alert_counts, markdown, version_table
+from mlops_assets.registry.governance_report import (
+    NO_PERIOD,
+    alert_counts,
+    markdown,
+    period_rows,
+    version_table,
+)
 from mlops_assets.serving.config import from_env
+from mlops_assets.settings import PROJECTS_DIR
 from mlops_assets_tests.pipeline_env import PipelineEnv
 
 MODEL = "daily_max_temperature"
@@ -53,14 +63,18 @@ def _failure(result: dg.ExecuteInProcessResult) -> str:
     return " ".join(messages)
 
 
-def _serve_and_monitor(env: PipelineEnv, month: str) -> dg.ExecuteInProcessResult:
+def _serve_and_monitor(env: PipelineEnv, month: str, job: str | None = None) -> dg.ExecuteInProcessResult:
+    """Replay the month through the service, then its monitors (the selected ones, or a whole job)."""
     lake = env.resources["lake"].get()
     config = from_env(state_dir=lake.root, project_path=env.project_file,
                       tracking_uri=env.resources["mlflow_tracking"].tracking_uri)
     replayed = replay_period(lake, env.resources["project"].get(), f"{month}-01", config)
     assert replayed.failures == 0 and replayed.requests > 0
-    result = env.defs().resolve_implicit_global_asset_job_def().execute_in_process(
-        instance=env.instance, partition_key=f"{month}-01", asset_selection=[dg.AssetKey(a) for a in MONITORS])
+    if job:
+        result = env.run(job, tags={"dagster/partition": f"{month}-01"})
+    else:
+        result = env.defs().resolve_implicit_global_asset_job_def().execute_in_process(
+            instance=env.instance, partition_key=f"{month}-01", asset_selection=[dg.AssetKey(a) for a in MONITORS])
     assert result.success
     return result
 
@@ -92,7 +106,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
 
     assert env.ingest("2015-07", "2015-07").success
     assert env.run("continuous_training_job").success  # v3 answers the review, promoted
-    monitors["2015-07"] = _serve_and_monitor(env, "2015-07")
+    monitors["2015-07"] = _serve_and_monitor(env, "2015-07", "monitoring_job")  # refreshes the report too
     return Story(env, monitors, requested, approve_blocked, auto_blocked, champion_after_blocks,
                  _materialize(env, "governance_report"))
 
@@ -131,6 +145,8 @@ def test_report_shows_each_period_by_version_with_the_monitors_figures(story: St
     assert metadata["periods"].value == ["2015-06", "2015-07"]
     assert metadata["versions_served"].value == ["1", "3"]
     assert metadata["champion_version"].value == "3"
+    refreshed = story.monitors["2015-07"].asset_materializations_for_node("governance_report")[0].metadata
+    assert refreshed["periods"].value == ["2015-06", "2015-07"] and refreshed["versions_served"].value == ["1", "3"]
     run = _mlflow_run(story)
     rows = list(csv.DictReader(io.StringIO(_artifact(story, run, "governance/report.csv").decode())))
     assert [(r["period"], r["version"], r["arm"]) for r in rows] == [("2015-06", "1", "champion"),
@@ -172,10 +188,12 @@ def test_report_chart_is_in_the_ui_and_in_mlflow(story: Story) -> None:
 
 
 def _mlflow_run(story: Story):
+    """The governance run the standalone materialization logged (monitoring_job logged one before it)."""
     tracking = story.env.resources["mlflow_tracking"]
-    client = tracking.client()
-    [run] = client.search_runs([tracking.configure()], "tags.`mlops/kind` = 'governance_report'")
-    return run
+    runs = tracking.client().search_runs([tracking.configure()], "tags.`mlops/kind` = 'governance_report'",
+                                         order_by=["attributes.start_time DESC"])
+    assert len(runs) == 2
+    return runs[0]
 
 
 def _artifact(story: Story, run, path: str) -> bytes:
@@ -204,3 +222,22 @@ def test_alert_counts_and_the_answer_to_a_review() -> None:
     table = version_table(tags, history, "rmse")
     assert table["review"].to_list() == ["", "changes requested by ana: a | b (answered by version 4)"]
     assert "a / b" in markdown(table, table.columns) and "| 2.5000 |" in markdown(table, table.columns)
+
+
+def test_period_rows_split_versions_and_arms() -> None:
+    spec = load_project(PROJECTS_DIR / "weather").spec
+    joined = pl.DataFrame({
+        "model_version": ["1", "1", "1", "2", "2", "1"], "arm": ["champion", "champion", "champion", "shadow",
+                                                                  "shadow", "champion"],
+        "prediction": [10.0, 12.0, 20.0, 11.0, 13.0, None], spec.label.name: [11.0, 12.0, 18.0, 11.0, None, 5.0],
+        "location": ["Seattle", "New York", "New York", "Seattle", "New York", "Seattle"]})
+    champion, shadow = period_rows(joined, spec, "2015-06", {"1": {"rmse": 1.5}})
+    assert (champion["version"], champion["arm"], champion["predictions"], champion["labelled"]) == ("1", "champion",
+                                                                                                      4, 3)
+    assert champion["live_rmse"] == pytest.approx(math.sqrt((1 + 0 + 4) / 3))  # the unscored row is left out
+    assert champion["worse_than_offline_by"] == pytest.approx(champion["live_rmse"] - 1.5)
+    assert champion["worst_slice"] is None and champion["coverage"] == 1.0  # slices under 10 labelled rows: noise
+    [small] = [r for r in period_rows(joined, spec, "2015-06", {}, min_slice_rows=1) if r["arm"] == "champion"]
+    assert (small["worst_slice"], small["worst_slice_metric"]) == ("location=New York", pytest.approx(math.sqrt(2)))
+    assert (shadow["version"], shadow["arm"], shadow["labelled"], shadow["live_rmse"]) == ("2", "shadow", 1, 0.0)
+    assert math.isnan(shadow["offline_rmse"]) and shadow["coverage"] == 0.5

@@ -42,18 +42,19 @@ def offline_metrics(tags: dict[str, str]) -> dict[str, float]:
     return {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
 
 
-def _worst_slice(frame: pl.DataFrame, project: Project, truth, scores, classes, overall: dict) -> dict:
+def _worst_slice(frame: pl.DataFrame, project: Project, truth, scores, classes, overall: dict,
+                 min_rows: int) -> dict:
     slices = [s for s in slice_names(project) if s in frame.columns and s != PERIOD]
     if not slices or frame.height == 0:
         return {"worst_slice": None, "worst_slice_metric": math.nan}
     table = slice_table(frame, slices, truth, scores, project.problem, project.threshold, classes)
-    worst = worst_slice_gap(table, overall, project.primary_metric, MIN_SLICE_ROWS)
+    worst = worst_slice_gap(table, overall, project.primary_metric, min_rows)
     name = None if worst["slice"] is None else f"{worst['slice']}={worst['value']}"
     return {"worst_slice": name, "worst_slice_metric": float(worst["worst"])}
 
 
 def period_rows(joined: pl.DataFrame, project: Project, period: str,
-                offline: dict[str, dict[str, float]]) -> list[dict]:
+                offline: dict[str, dict[str, float]], min_slice_rows: int = MIN_SLICE_ROWS) -> list[dict]:
     """One row per (version, arm) of a period's logged predictions joined with their labels.
 
     Metrics are on rows with a score and a label, as the live-performance monitor measures; a shadow
@@ -72,7 +73,7 @@ def period_rows(joined: pl.DataFrame, project: Project, period: str,
             classes = classes_of(labelled, project) if project.problem == "multiclass" else None
             truth, scores = truth_and_scores(labelled, project, classes)
             live = compute_metrics(project.problem, truth, scores, project.threshold, classes)
-            row |= _worst_slice(labelled, project, truth, scores, classes, live)
+            row |= _worst_slice(labelled, project, truth, scores, classes, live, min_slice_rows)
         before = offline.get(version, {})
         for name in metric_columns(project.problem):
             row[f"live_{name}"] = float(live.get(name, math.nan))
