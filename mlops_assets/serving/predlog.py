@@ -35,6 +35,8 @@ from typing import Literal
 
 import polars as pl
 
+from mlops_assets.serving.partfiles import Part, fsync_dir, write_all
+
 log = logging.getLogger(__name__)
 DRAIN_MAX = 5_000
 LOG_FOLDER = "prediction_log"
@@ -48,25 +50,6 @@ class LogFull(Exception):
 
 
 @dataclass
-class Part:
-    """The open part file of one day: descriptor, size (the undo point) and identity (to spot a deletion)."""
-
-    day: str
-    path: Path
-    fd: int
-    size: int = 0
-    records: int = 0
-
-    def linked(self) -> bool:
-        """The path still names this very file (not deleted, not replaced by another)."""
-        try:
-            on_disk, mine = os.stat(self.path), os.fstat(self.fd)
-        except OSError:
-            return False
-        return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
-
-
-@dataclass
 class Entry:
     """One request's records (serialised) and the future its response waits on."""
 
@@ -77,26 +60,6 @@ class Entry:
 def _settle(future: Future[bool], durable: bool) -> None:
     if not future.done():
         future.set_result(durable)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """os.write until everything is written; the error carries how many bytes made it (`written`)."""
-    view, done = memoryview(data), 0
-    while done < len(view):
-        try:
-            done += os.write(fd, view[done:])
-        except OSError as exc:
-            exc.written = done  # type: ignore[attr-defined]
-            raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    """A new file's directory entry is durable only once its folder is synced."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class PredictionLog:
@@ -227,7 +190,7 @@ class PredictionLog:
             part = self._open(day)
             data = b"".join(line for _, line in lines[:count])
             try:
-                _write_all(part.fd, data)
+                write_all(part.fd, data)
                 if self.ack == "fsync" or time.monotonic() - self._last_sync >= self.flush_seconds:
                     os.fdatasync(part.fd)  # data and the file size; not the times
                     self._last_sync = time.monotonic()
@@ -277,7 +240,7 @@ class PredictionLog:
         path = folder / f"part-{self.writer_id}-{self._seq:05d}.jsonl"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._part = Part(day, path, fd, os.fstat(fd).st_size)
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return self._part
 
     def _close_part(self) -> None:
