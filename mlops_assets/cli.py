@@ -245,6 +245,26 @@ def materialize_period(assets: list[str], period: str) -> int:
     return 0 if run.success else 1
 
 
+def backtest() -> int:
+    """Materialize `policy_backtest` in the state folder's instance and print its summary."""
+    from dagster import AssetKey, DagsterInstance
+
+    from mlops_assets.definitions import build_definitions
+
+    ensure_dagster_home()
+    job = build_definitions().resolve_implicit_global_asset_job_def()
+    run = job.execute_in_process(instance=DagsterInstance.get(), raise_on_error=False,
+                                 asset_selection=[AssetKey("policy_backtest")])
+    if not run.success:
+        print(f"policy_backtest failed (run {run.run_id}); run `make run` first, then see `make ui`", file=sys.stderr)
+        return 1
+    metadata = run.asset_materializations_for_node("policy_backtest")[0].metadata
+    print(metadata["summary"].value)
+    print(f"{metadata['trainings'].value} trainings in {metadata['wall_seconds'].value} s; MLflow run: "
+          f"{metadata['mlflow_run'].value}")
+    return 0
+
+
 def story(initial: str, periods: str) -> int:
     """Initial periods and a champion, then later periods one by one, unattended (see automation/story.py)."""
     from dagster import DagsterInstance
@@ -323,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     telling.add_argument("--initial", default="2013-01..2013-06", help="periods ingested before the story")
     telling.add_argument("--periods", "--months", dest="periods", default="2013-07..2013-09",
                          help="periods that land one by one")
+    sub.add_parser("backtest", help="replay the stored periods under every declared retraining policy")
     ui = sub.add_parser("mlflow-ui", help="the MLflow UI on the profile's store, on 127.0.0.1")
     ui.add_argument("--port", type=int, default=5000)
     ui.add_argument("--writable", action="store_true", help="allow changes through the UI and its REST API "
@@ -363,6 +384,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return story(args.initial, args.periods)
     if args.command == "replay":
         return replay(args.period)
+    if args.command == "backtest":
+        return backtest()
     if args.command == "land-labels":
         return materialize_period(["ground_truth"], args.period)
     if args.command == "monitor":

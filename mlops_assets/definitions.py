@@ -22,6 +22,7 @@ from mlops_assets.automation.sensors import (
     retraining_schedule,
     run_failure_alert,
 )
+from mlops_assets.backtest.assets import policy_backtest
 from mlops_assets.batch_scoring.assets import batch_scoring_assets
 from mlops_assets.evaluation.assets import model_evaluation
 from mlops_assets.features.assets import feature_assets
@@ -82,7 +83,7 @@ def _jobs(project: Project) -> list[dg.UnresolvedAssetJobDefinition]:
                             partitions_def=periods, description="Score a period's examples with the champion."),
         dg.define_asset_job("landed_period_job",
                             selection=dg.AssetSelection.all() - dg.AssetSelection.assets("batch_predictions")
-                            - dg.AssetSelection.groups("monitoring"),
+                            - dg.AssetSelection.groups("monitoring", "backtest"),
                             partitions_def=periods,
                             description="Ingest one period and carry it through features, training, evaluation and "
                                         "registry; a batch failing validation stops the run before training.",
@@ -91,10 +92,11 @@ def _jobs(project: Project) -> list[dg.UnresolvedAssetJobDefinition]:
 
 
 def after_ingestion(assets: list[dg.AssetsDefinition], project: Project) -> list[dg.AssetKey]:
-    """What a landed period's run carries the delivered sources through: all but ingestion, scoring, monitoring."""
+    """What a landed period's run carries the delivered sources through: all but ingestion, scoring, monitoring
+    and the backtest."""
     skipped = set(project.periodic_sources) | {"batch_predictions"}
     return [key for a in assets for key in a.keys
-            if key.to_user_string() not in skipped and a.group_names_by_key.get(key) != "monitoring"]
+            if key.to_user_string() not in skipped and a.group_names_by_key.get(key) not in ("monitoring", "backtest")]
 
 
 def build_definitions(project_file: Path | None = None, resources: dict | None = None) -> dg.Definitions:
@@ -102,7 +104,7 @@ def build_definitions(project_file: Path | None = None, resources: dict | None =
     project = load_project(project_file).spec
     assets = [*ingestion_assets(project), *feature_assets(project), training_set_asset(project), candidate_model,
               model_evaluation, registered_model_version, champion_model, *batch_scoring_assets(project),
-              *monitoring_assets(project), governance_report]
+              *monitoring_assets(project), governance_report, policy_backtest]
     default_resources = {"lake": LakeResource(), "online": OnlineStoreResource(),
                          "project": ProjectResource(path=str(project_file)), "mlflow_tracking": MlflowResource(),
                          "alerts": AlertSink()}

@@ -43,6 +43,7 @@ ARTIFACTS = PROJECT_ROOT / "test-artifacts" / "browser"
 MONTHS = "2013-01..2013-03"  # the fewest months a split with 1 test and 1 validation month accepts
 ASSET = "model_evaluation"
 GRAPH_ASSETS = ("training_set", "candidate_model", ASSET)
+BACKTEST = "policy_backtest"
 UI_TIMEOUT_MS = 30_000
 RUN_TIMEOUT_MS = 120_000
 SERVER_TIMEOUT_S = 120
@@ -72,7 +73,8 @@ def platform_env(tmp_path: Path) -> dict[str, str]:
     """Own state folder and Dagster home, small tuning, and a champion made by the main command."""
     state = tmp_path / "state"
     project = project_copy("flights", tmp_path / "project.yaml", **{
-        "split.test": 1, "split.validation": 1, "split.min_rows": 300, "gate.min_slice_rows": 300})
+        "split.test": 1, "split.validation": 1, "split.min_rows": 300, "gate.min_slice_rows": 300,
+        "backtest.initial": 2, "backtest.max_rounds": 60})
     model_name = yaml.safe_load(project.read_text())["model_name"]
     env = {**os.environ, "MLOPS_STATE_DIR": str(state), "DAGSTER_HOME": str(state / "dagster_home"),
            "MLOPS_PROJECT": str(project), "MLOPS_PROFILE": "embedded",
@@ -200,6 +202,21 @@ def metadata_row(page: Page, key: str) -> Locator:
     return page.get_by_role("row", name=re.compile(rf"^{re.escape(key)}\s"))
 
 
+def launch_from_asset_page(page: Page, dagster_ui: str, asset: str) -> str:
+    """Click Materialize on the asset's page, follow the toast to the run and wait for it to succeed."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{dagster_ui}/assets/{asset}", wait_until="domcontentloaded")
+    page.get_by_role("button", name=re.compile(r"^(materialization )?Materialize$")).click()
+    toast = page.get_by_role("listitem").filter(has_text=re.compile(r"Launched run [0-9a-f]{8}"))
+    toast.get_by_role("link", name="View", exact=True).click()
+    page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))
+    final = page.get_by_text(re.compile(r"^RUN_(SUCCESS|FAILURE|CANCELED)$"))
+    expect(final).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    expect(final).to_have_text("RUN_SUCCESS")
+    return page.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
+
+
 def test_dagster_ui_graph_launch_and_metadata(page: Page, dagster_ui: str) -> None:
     """The graph shows the training chain, a Materialize click runs the asset, its metadata shows."""
     from playwright.sync_api import expect
@@ -226,16 +243,8 @@ def test_dagster_ui_graph_launch_and_metadata(page: Page, dagster_ui: str) -> No
     shot(page, "01-asset-graph")
 
     # Launch from the asset page with a click; the toast's View link opens the run.
-    page.goto(f"{dagster_ui}/assets/{ASSET}", wait_until="domcontentloaded")
-    page.get_by_role("button", name=re.compile(r"^(materialization )?Materialize$")).click()
-    toast = page.get_by_role("listitem").filter(has_text=re.compile(r"Launched run [0-9a-f]{8}"))
-    toast.get_by_role("link", name="View", exact=True).click()
-    page.wait_for_url(re.compile(r"/runs/[0-9a-f-]{36}"))
-    run_id = page.url.rstrip("/").rsplit("/", 1)[-1].split("?")[0]
-    final = page.get_by_text(re.compile(r"^RUN_(SUCCESS|FAILURE|CANCELED)$"))
-    expect(final).to_be_visible(timeout=RUN_TIMEOUT_MS)
+    run_id = launch_from_asset_page(page, dagster_ui, ASSET)
     shot(page, "02-run")
-    expect(final).to_have_text("RUN_SUCCESS")
     run = graphql(dagster_ui, RUN_QUERY, runId=run_id)["runOrError"]
     assert run == {"status": "SUCCESS", "assetSelection": [{"path": [ASSET]}]}
 
@@ -249,3 +258,14 @@ def test_dagster_ui_graph_launch_and_metadata(page: Page, dagster_ui: str) -> No
         expect(metadata_row(page, key)).to_contain_text(str(entries[key]))
     assert entries["test_auc"] > 0.5
     shot(page, "03-asset-metadata")
+
+    # The policy backtest, launched from its asset page: its plot renders in the metadata.
+    launch_from_asset_page(page, dagster_ui, BACKTEST)
+    page.goto(f"{dagster_ui}/assets/{BACKTEST}", wait_until="domcontentloaded")
+    expect(metadata_row(page, "summary")).to_contain_text("every_period")
+    metadata_row(page, "plot").get_by_text("Show Markdown").click()  # a long value opens in a dialog
+    plot = page.get_by_role("img", name="live metric by policy")
+    expect(plot).to_be_visible()
+    plot.scroll_into_view_if_needed()
+    assert plot.evaluate("img => img.naturalWidth") > 100  # decoded, not a broken image
+    shot(page, "04-backtest-plot")

@@ -184,3 +184,22 @@ def confusion_matrix_png(y_codes: ArrayLike, y_prob: ArrayLike, classes: list[st
     axes.set_yticks(range(k), classes)
     axes.set(title="Confusion matrix (share of each true class)", xlabel="Predicted", ylabel="True")
     return _png(figure)
+
+
+def lines_png(x: list[str], series: dict[str, list[float]], ylabel: str, title: str,
+              marked: dict[str, list[bool]] | None = None) -> bytes:
+    """One line per series over categorical x (periods); `marked` points (e.g. a retrain) get a dot."""
+    figure, (axes,) = _figure(8, 4)
+    for index, (name, values) in enumerate(series.items()):
+        (line,) = axes.plot(x, values, label=name, linewidth=1.6, linestyle=("-", "--", "-.", ":")[index % 4],
+                            marker="o", markersize=2.5)
+        flags = (marked or {}).get(name, [])
+        points = [(xi, v) for xi, v, flag in zip(x, values, flags, strict=False) if flag]
+        if points:
+            axes.scatter(*zip(*points, strict=True), color=line.get_color(), s=28, zorder=3)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.tick_params(axis="x", labelrotation=45)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, ncol=2)
+    return _png(figure)
