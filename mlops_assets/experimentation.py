@@ -148,7 +148,8 @@ def compare(project: Project, variants: list[Variant]) -> pl.DataFrame:
     primary = project.primary_metric
     rows = [{"variant": v.name, "run_id": v.run_id,
              f"valid_{v.candidate.validation_metric}": v.candidate.validation_score,
-             **{f"test_{k}": v.test_metrics[k] for k in v.test_metrics}, "params": str(v.params)} for v in variants]
+             **{f"test_{k}": x if math.isfinite(x) else None for k, x in v.test_metrics.items()},
+             "params": str(v.params)} for v in variants]
     return pl.DataFrame(rows).sort(f"test_{primary}", descending=higher_is_better(primary), nulls_last=True)
 
 

@@ -6,6 +6,7 @@ then read its lake and write to its MLflow store.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -117,6 +118,10 @@ def test_compare_puts_the_best_on_the_primary_metric_first(ws: ex.Workspace, var
     assert table["test_rmse"].to_list() == sorted(v.test_metrics["rmse"] for v in variants)
     assert ex.best_variant(ws.project.spec, variants).name == table["variant"][0]
     assert {"valid_rmse", "test_mae", "test_r2", "params"} <= set(table.columns)
+    undefined = dataclasses.replace(variants[0], name="undefined", test_metrics={**variants[0].test_metrics,
+                                                                              "rmse": float("nan")})
+    table = ex.compare(ws.project.spec, [undefined, *variants])
+    assert table["variant"][-1] == "undefined" and table["test_rmse"][-1] is None
 
 
 def test_evaluation_png_is_the_problems_chart(ws: ex.Workspace, frame: pl.DataFrame,
