@@ -7,11 +7,16 @@ import errno
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 
@@ -158,3 +163,49 @@ def test_a_batch_cut_by_a_full_disk_is_written_once_and_in_order(tmp_path: Path,
              for line in path.read_text().splitlines()]
     assert [r["request_id"] for r in lines] == [f"r{i}" for i in range(101)]
     assert changes == [True, False] and plog.written == 101 and plog.backlog == 0
+
+
+def test_kill_9_loses_no_answered_prediction(flights: Platform, tmp_path: Path) -> None:
+    """The real service as a process, four concurrent clients, SIGKILL right after an answer: every
+    request answered 200 is on disk (the answer is sent only after the record's fdatasync)."""
+    config = flights.config(tmp_path)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLOPS_SERVING_", "MLFLOW_"))}
+    env.update({f"MLOPS_SERVING_{k.upper()}": str(getattr(config, k)) for k in
+                ("state_dir", "project_path", "tracking_uri", "online_store_path", "log_dir", "poll_seconds")})
+    server = subprocess.Popen([sys.executable, "-m", "mlops_assets.serving", "--port", str(port), "--log-level",
+                               "warning"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base, instances = f"http://127.0.0.1:{port}", flights.requests(8)
+
+    def answered(worker: int) -> list[str]:
+        ids = []
+        with httpx.Client(base_url=base, timeout=30, trust_env=False) as client:
+            for n in range(1_000_000):
+                try:
+                    response = client.post("/v1/predict", json=instances[n % 8])
+                except httpx.HTTPError:
+                    return ids
+                if response.status_code == 200:
+                    ids.append(response.json()["request_id"])
+                if worker == 0 and n == 40:
+                    os.kill(server.pid, signal.SIGKILL)
+        return ids
+
+    try:
+        assert eventually(lambda: server.poll() is None and _ready(base), timeout=120), "service did not start"
+        with ThreadPoolExecutor(4) as pool:
+            acknowledged = [rid for ids in pool.map(answered, range(4)) for rid in ids]
+    finally:
+        server.kill()
+        server.wait(timeout=30)
+    assert server.returncode == -signal.SIGKILL and len(acknowledged) > 40
+    assert set(acknowledged) <= set(ids_on_disk(config.prediction_log_dir))
+
+
+def _ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/ready", timeout=5, trust_env=False).status_code == 200
+    except httpx.HTTPError:
+        return False
