@@ -46,7 +46,7 @@ def _service(request: Request) -> Service:
 
 
 async def require_token(request: Request) -> None:
-    """Bearer token on /v1/* when one is configured (constant-time comparison)."""
+    """Bearer token when one is configured (constant-time comparison): /v1/*, /ready, /metrics, the docs."""
     token = _service(request).config.token
     if token is None:
         return
@@ -60,8 +60,8 @@ LOG_UNAVAILABLE = "the prediction log cannot be written; retry later"
 
 
 async def log_state(service: Service, future: "Future[bool] | None") -> str:
-    """Wait (off the event loop's back) until the request's records are durable: 'durable', 'queued'
-    (log_ack=queued) or 'not-logged' (the disk is failing; the records are held and written later)."""
+    """Await (without blocking the event loop) the writer's verdict on the request's records: 'durable',
+    'queued' (log_ack=queued) or 'not-logged' (the disk is failing; the records are held, written later)."""
     if future is None or not await asyncio.wrap_future(future):
         return "not-logged"
     return "durable" if service.config.log_ack == "fsync" else "queued"
