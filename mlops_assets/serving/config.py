@@ -38,7 +38,7 @@ class ServingConfig(BaseModel):
     max_events: int = Field(1000, ge=1, description="events per POST /v1/events/{source}")
     body_timeout_seconds: float = Field(10.0, gt=0, description="a body not received by then is a 408")
     keep_alive_seconds: int = Field(5, ge=1, description="an idle keep-alive connection is closed after this")
-    request_id_memory: int = Field(200_000, ge=1, description="caller request ids remembered to refuse repeats")
+    request_id_memory: int = Field(100_000, ge=1, description="caller request ids remembered to refuse repeats")
     token: str | None = None
     experiment: ExperimentMode = "off"
     challenger_share: float = Field(0.1, ge=0, le=1)
