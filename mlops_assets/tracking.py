@@ -91,6 +91,20 @@ def log_bytes(run_id: str, data: bytes | str, artifact_file: str) -> None:
         MlflowClient().log_artifact(run_id, str(local), artifact_path=str(path.parent) if path.parent.parts else None)
 
 
+def log_report_run(tracking: MlflowResource, run_name: str, tags: dict[str, str], files: dict[str, bytes | str],
+                   metrics: dict[str, float] | None = None) -> str:
+    """A finished MLflow run holding a report's files and figures; returns its URL for asset metadata."""
+    experiment = tracking.configure()
+    client = tracking.client()
+    run = client.create_run(experiment, run_name=run_name, tags=tags)
+    for name, value in (metrics or {}).items():
+        client.log_metric(run.info.run_id, name, float(value))
+    for path, data in files.items():
+        log_bytes(run.info.run_id, data, path)
+    client.set_terminated(run.info.run_id)
+    return tracking.run_url(experiment, run.info.run_id)
+
+
 def load_tabular_model(model_uri: str):
     """The TabularModel inside a logged pyfunc model (same object serving uses in-process)."""
     import mlflow.pyfunc

@@ -60,6 +60,9 @@ def test_first_run_registers_and_promotes_a_champion_with_card_and_plots(env: Pi
         "training_set_train", "training_set_validation", "training_set_test"}
     trials = c.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'")
     assert len(trials) == 1
+    evaluation = result.asset_materializations_for_node("model_evaluation")[0].metadata
+    for plot in ("roc", "pr", "calibration", "shap_summary"):  # shown on the asset page, not only in MLflow
+        assert evaluation[f"plot_{plot}"].value.startswith(f"![{plot.replace('_', ' ')}](data:image/png;base64,")
 
 
 def test_forced_worse_challenger_is_rejected_with_reasons_and_champion_kept(env: PipelineEnv) -> None:

@@ -81,6 +81,11 @@ def test_month_lands_is_served_monitored_and_retraining_follows(env: PipelineEnv
     monitors = env.defs().resolve_implicit_global_asset_job_def().execute_in_process(
         instance=env.instance, partition_key="2015-06-01", asset_selection=[dg.AssetKey(a) for a in MONITORS])
     assert monitors.success
+    drift_metadata = monitors.asset_materializations_for_node("drift_report")[0].metadata
+    assert drift_metadata["drift_plot"].value.startswith("![feature drift](data:image/png;base64,")
+    report_run = drift_metadata["evidently_report_in_mlflow"].value.rsplit("/", 1)[-1]
+    assert {a.path for a in client.list_artifacts(report_run, "drift")} >= {"drift/2015-06.html",
+                                                                            "drift/2015-06_severity.png"}
     served = lake.read_batches("prediction_log", ["2015-06"])
     assert served.height == replayed.requests
     skew = monitors.asset_materializations_for_node("skew_report")[0].metadata

@@ -5,17 +5,17 @@ import polars as pl
 
 from mlops_assets.backtest.replay import run_backtest
 from mlops_assets.backtest.report import (
-    image_markdown,
     outcomes_csv,
     periods_markdown,
     plot,
     reference_policy,
     summary_markdown,
 )
+from mlops_assets.evaluation.plots import image_markdown
 from mlops_assets.features.assets import load_prepared
 from mlops_assets.features.repository import model_features, offline_features
 from mlops_assets.resources import LakeResource, ProjectResource
-from mlops_assets.tracking import MlflowResource, log_bytes
+from mlops_assets.tracking import MlflowResource, log_report_run
 from mlops_assets.training.model import label_classes
 from mlops_assets.training.training_set import examples_frame
 
@@ -46,16 +46,12 @@ def policy_backtest(context: dg.AssetExecutionContext, lake: LakeResource, proje
     png, summary = plot(result), summary_markdown(result)
     context.log.info(f"backtest: {len({o.period for o in result.outcomes})} periods x "
                      f"{len(spec.backtest.policies)} policies, {result.trainings} trainings, {result.wall_seconds:.1f} s")
-    experiment = mlflow_tracking.configure()
-    client = mlflow_tracking.client()
-    run = client.create_run(experiment, run_name="policy_backtest", tags={"mlops.kind": "policy_backtest",
-                                                                          "dagster_run_id": context.run.run_id})
-    for row in result.summary(reference_policy(result)):
-        client.log_metric(run.info.run_id, f"{row['policy']}.mean_live_{result.metric}", row["mean_live_metric"])
-    for data, name in ((png, "backtest/live_metric_by_policy.png"), (outcomes_csv(result), "backtest/outcomes.csv"),
-                       (summary + "\n\n" + periods_markdown(result), "backtest/report.md")):
-        log_bytes(run.info.run_id, data, name)
-    client.set_terminated(run.info.run_id)
+    reference = reference_policy(result)
+    url = log_report_run(
+        mlflow_tracking, "policy_backtest", {"mlops.kind": "policy_backtest", "dagster_run_id": context.run.run_id},
+        {"backtest/live_metric_by_policy.png": png, "backtest/outcomes.csv": outcomes_csv(result),
+         "backtest/report.md": summary + "\n\n" + periods_markdown(result)},
+        {f"{r['policy']}.mean_live_{result.metric}": r["mean_live_metric"] for r in result.summary(reference)})
     return dg.MaterializeResult(metadata={
         "plot": dg.MetadataValue.md(image_markdown(png, "live metric by policy")),
         "summary": dg.MetadataValue.md(summary),
@@ -63,5 +59,5 @@ def policy_backtest(context: dg.AssetExecutionContext, lake: LakeResource, proje
         "trainings": result.trainings,
         "trainings_shared": dg.MetadataValue.json(sorted(set(result.cached))),
         "wall_seconds": round(result.wall_seconds, 1),
-        "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(experiment, run.info.run_id)),
+        "mlflow_run": dg.MetadataValue.url(url),
     })

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-
 from mlops_assets.backtest.replay import BacktestResult
 from mlops_assets.evaluation.evaluate import markdown_table
 from mlops_assets.evaluation.plots import lines_png
@@ -42,11 +40,6 @@ def periods_markdown(result: BacktestResult) -> str:
     periods = sorted({o.period for o in result.outcomes})
     lines = markdown_table(["period", *policies], [[p, *(cell[p, q] for q in policies)] for p in periods])
     return "\n".join(lines) + "\n\nR: retrained (and passed the gate) before serving the period."
-
-
-def image_markdown(png: bytes, alt: str) -> str:
-    """A PNG inline in markdown, which the Dagster UI renders on the asset page."""
-    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 def outcomes_csv(result: BacktestResult) -> str:

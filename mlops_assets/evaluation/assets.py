@@ -1,9 +1,12 @@
 """Evaluation: the candidate, the trivial baseline and the champion (on periods it never saw), and the verdict."""
 
+from pathlib import Path
+
 import dagster as dg
 from mlflow import MlflowClient
 
 from mlops_assets.evaluation.judging import judge
+from mlops_assets.evaluation.plots import image_markdown
 from mlops_assets.evaluation.report import (
     artifacts,
     baseline_markdown,
@@ -39,8 +42,11 @@ def model_evaluation(context: dg.AssetExecutionContext, lake: LakeResource, proj
     champion_version, champion, champion_tags = champion_of(client, spec)
     model = TabularModel.from_scoring(load_tabular_model(candidate["model_uri"]))
     result = judge(model, champion, frame, spec, champion_tags)
-    for path, data in artifacts(result, frame, spec, candidate["features"], model.classes).items():
+    logged = artifacts(result, frame, spec, candidate["features"], model.classes)
+    for path, data in logged.items():
         log_bytes(candidate["run_id"], data, path)
+    plots = {f"plot_{Path(p).stem}": dg.MetadataValue.md(image_markdown(data, Path(p).stem.replace("_", " ")))
+             for p, data in logged.items() if p.endswith(".png")}
     for name, value in result.challenger.overall.items():
         client.log_metric(candidate["run_id"], f"test_{name}", value)
     write_record(store, "model_evaluation", {**record(result), "champion_version": champion_version})
@@ -58,4 +64,5 @@ def model_evaluation(context: dg.AssetExecutionContext, lake: LakeResource, proj
         "challenger_vs_champion": dg.MetadataValue.md(comparison_markdown(result.verdict)),
         "shap_importance": dg.MetadataValue.md(shap_markdown(result.shap)),
         "mlflow_run": dg.MetadataValue.url(mlflow_tracking.run_url(candidate["experiment_id"], candidate["run_id"])),
+        **plots,
     })

@@ -7,6 +7,7 @@ pyplot's figure registry, and it is safe in multi-threaded executors.
 
 from __future__ import annotations
 
+import base64
 import io
 from typing import TYPE_CHECKING
 
@@ -202,4 +203,31 @@ def lines_png(x: list[str], series: dict[str, list[float]], ylabel: str, title: 
     axes.tick_params(axis="x", labelrotation=45)
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, ncol=2)
+    return _png(figure)
+
+
+def image_markdown(png: bytes, alt: str) -> str:
+    """A PNG inline in markdown, which the Dagster UI renders on the asset page."""
+    return f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def drift_severity_png(per_feature: dict[str, dict], top: int = 20) -> bytes:
+    """Each feature's drift as a multiple of its test's threshold (above 1: drifted), worst first.
+
+    p-value tests drift below their threshold, distance tests above it; both become "times the bar"."""
+    severity = {}
+    for name, test in per_feature.items():
+        score, threshold = test.get("score"), test.get("threshold")
+        if score is None or not threshold:
+            continue
+        ratio = threshold / max(score, 1e-12) if "p_value" in str(test.get("stattest", "")) else score / threshold
+        severity[name] = min(ratio, 10.0)
+    ranked = sorted(severity.items(), key=lambda item: item[1], reverse=True)[:top][::-1]
+    figure, (axes,) = _figure(7, max(2.5, 0.3 * len(ranked) + 1))
+    if ranked:
+        labels, values = zip(*ranked, strict=True)
+        axes.barh(labels, values, color=["#c0392b" if v > 1 else "#7f8c8d" for v in values])
+    axes.axvline(1.0, color="black", linewidth=1, linestyle="--")
+    axes.set_xlabel("drift, in multiples of the test's threshold (capped at 10)")
+    axes.set_title("Feature drift vs the training sample")
     return _png(figure)

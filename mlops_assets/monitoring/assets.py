@@ -13,6 +13,7 @@ from mlflow.exceptions import MlflowException
 
 from mlops_assets.alerts import AlertSink
 from mlops_assets.contract import LOG_PREDICTION, PERIOD, SPLIT
+from mlops_assets.evaluation.plots import drift_severity_png, image_markdown
 from mlops_assets.features.repository import model_features, offline_features
 from mlops_assets.lake import Lake, read_training_set
 from mlops_assets.metadata import frame_metadata
@@ -27,7 +28,7 @@ from mlops_assets.project.spec import Project
 from mlops_assets.registry.registry import CHAMPION, alias_version
 from mlops_assets.resources import LakeResource, ProjectResource
 from mlops_assets.serving.predlog import read_prediction_log
-from mlops_assets.tracking import MlflowResource, load_tabular_model
+from mlops_assets.tracking import MlflowResource, load_tabular_model, log_report_run
 
 GROUP = "monitoring"
 
@@ -167,12 +168,20 @@ def monitoring_assets(project: Project) -> list[dg.AssetsDefinition]:
         (folder / f"{period}.html").write_text(html)
         (folder / f"{period}.json").write_text(json.dumps(
             {**summary.__dict__, "calibration": calibration.as_dict()}, default=str, indent=2))
+        severity = drift_severity_png(summary.per_feature)
+        report_url = log_report_run(mlflow_tracking, f"drift_report {period}", {"mlops.kind": "drift_report",
+                                    "period": period, "dagster_run_id": context.run.run_id},
+                                    {f"drift/{period}.html": html, f"drift/{period}_severity.png": severity,
+                                     f"drift/{period}.json": (folder / f"{period}.json").read_text()},
+                                    {"share_drifted": summary.share_drifted})
         return dg.MaterializeResult(
             metadata={"share_drifted": summary.share_drifted, "share_unusual": verdict.figures["share_unusual"],
                       "drifted_features": dg.MetadataValue.json(summary.drifted_features),
                       "calibration": dg.MetadataValue.json(calibration.as_dict()),
                       "reference_rows": summary.reference_rows, "current_rows": summary.current_rows,
                       "report": dg.MetadataValue.path(str(folder / f"{period}.html")),
+                      "evidently_report_in_mlflow": dg.MetadataValue.url(report_url),
+                      "drift_plot": dg.MetadataValue.md(image_markdown(severity, "feature drift")),
                       "summary": dg.MetadataValue.md(drift.drift_markdown(summary, calibration.describe()))},
             check_results=[_check("drift_report", "drift_is_acceptable", verdict, alerts, period)],
         )
