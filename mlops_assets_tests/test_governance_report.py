@@ -17,6 +17,7 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from mlops_assets.definitions import build_definitions
 from mlops_assets.monitoring.replay import replay_period
 from mlops_assets.project.loading import load_project
 from mlops_assets.registry import registry, review
@@ -241,3 +242,25 @@ def test_period_rows_split_versions_and_arms() -> None:
     assert (small["worst_slice"], small["worst_slice_metric"]) == ("location=New York", pytest.approx(math.sqrt(2)))
     assert (shadow["version"], shadow["arm"], shadow["labelled"], shadow["live_rmse"]) == ("2", "shadow", 1, 0.0)
     assert math.isnan(shadow["offline_rmse"]) and shadow["coverage"] == 0.5
+
+
+def test_the_daemon_refreshes_the_report_after_a_periods_reports_not_after_a_retrain() -> None:
+    defs = build_definitions(PROJECTS_DIR / "weather" / "project.yaml")
+    instance = dg.DagsterInstance.ephemeral()
+
+    def land_and_evaluate(asset: str, partition: str | None, cursor=None) -> tuple[bool, object]:
+        instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset, partition=partition))
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+        return result.get_num_requested(dg.AssetKey("governance_report")) == 1, result.cursor
+
+    requested, cursor = land_and_evaluate("training_set", None)
+    assert not requested
+    requested, cursor = land_and_evaluate("prediction_log", "2015-06-01", cursor)
+    assert not requested, "a log alone: its reports come first"
+    requested, cursor = land_and_evaluate("model_performance", "2015-06-01", cursor)
+    assert requested
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="governance_report"))
+    requested, cursor = land_and_evaluate("training_set", None, cursor)
+    assert not requested
+    requested, _ = land_and_evaluate("drift_report", "2015-07-01", cursor)
+    assert requested

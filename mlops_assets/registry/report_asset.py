@@ -1,7 +1,8 @@
 """The `governance_report` asset: every monitored period's live and offline figures, per version, in
 one table and one chart, in the Dagster UI and as MLflow artifacts of a `governance_report` run.
 
-It sits in the monitoring group, so `monitoring_job` refreshes it after a period's monitors; it reads
+It sits in the monitoring group: `monitoring_job` refreshes it after a period's monitors, and under the
+daemon `monitoring_automation` does once a period's live performance or drift is recomputed. It reads
 every period, so materializing it alone shows the whole history.
 """
 
@@ -23,6 +24,13 @@ from mlops_assets.resources import LakeResource, ProjectResource
 from mlops_assets.tracking import MlflowResource, log_bytes
 
 ARTIFACTS = "governance"
+# Only reports that exist for a served period start it: a retrain or a new log alone has nothing to add.
+REFRESH = (
+    dg.AutomationCondition.any_deps_updated().allow(dg.AssetSelection.assets("model_performance", "drift_report"))
+    .since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("a period's performance or drift report updated")
 
 
 def _joined(store: Lake, spec: Project, period: str) -> pl.DataFrame:
@@ -62,7 +70,7 @@ def _log_to_mlflow(tracking: MlflowResource, spec: Project, run_id: str, files: 
 
 
 @dg.asset(group_name="monitoring", deps=["prediction_log", "ground_truth", "model_performance", "drift_report"],
-          kinds={"mlflow", "matplotlib"})
+          automation_condition=REFRESH, kinds={"mlflow", "matplotlib"})
 def governance_report(context: dg.AssetExecutionContext, lake: LakeResource, project: ProjectResource,
                       mlflow_tracking: MlflowResource, alerts: AlertSink) -> dg.MaterializeResult:
     """Live vs offline metrics per period and version, worst slice, drift, alerts, alias and review history."""
