@@ -29,6 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 NAN = float("nan")
+FLOATABLE = frozenset({float, int, bool})
 
 
 class EdgeError(Exception):
@@ -50,6 +51,7 @@ class EdgeModel:
         self.threshold: float = float(m.get("threshold", 0.5))
         self.codes = {n: {level: code for code, level in enumerate(levels)}
                       for n, levels in m["categorical_levels"].items()}
+        self.plan = [(name, self.codes.get(name)) for name in self.features]
         self.lib = self._library(folder, m["library"])
         self.n_output = int(self.lib.edge_num_output())
 
@@ -77,20 +79,21 @@ class EdgeModel:
 
     def matrix(self, rows: Sequence[Mapping[str, object]]) -> array:
         """Row-major float64 inputs in feature order, NaN for missing (as `ScoringModel.matrix`)."""
-        out = array("d", [NAN]) * (len(rows) * len(self.features))
-        plan = [(j, name, self.codes.get(name)) for j, name in enumerate(self.features)]
-        width = len(self.features)
+        out: list[float] = []
+        append = out.append
         for i, row in enumerate(rows):
-            for j, name, codes in plan:
-                value = row.get(name)
+            get = row.get
+            for name, codes in self.plan:
+                value = get(name)
                 if value is None:
-                    continue
-                if codes is None:
-                    if value != "":
-                        out[i * width + j] = _number(value, name, i)
-                elif isinstance(value, str) and value in codes:
-                    out[i * width + j] = codes[value]
-        return out
+                    append(NAN)
+                elif codes is not None:
+                    append(codes.get(value, NAN) if isinstance(value, str) else NAN)
+                elif type(value) in FLOATABLE:
+                    append(float(value))  # type: ignore[arg-type]
+                else:
+                    append(NAN if value == "" else _number(value, name, i))
+        return array("d", out)
 
     def predict_matrix(self, values: array, n_rows: int) -> list[list[float]]:
         """One list of outputs per row: [P(positive)], class probabilities, or [value]."""
