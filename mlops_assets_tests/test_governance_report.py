@@ -138,6 +138,11 @@ def test_request_changes_on_an_unknown_version_fails_in_one_line(story: Story) -
     [failure] = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_FAILURE]
     description = failure.step_failure_data.user_failure_data.description
     assert description == f"{MODEL} has no version '42' (registered versions: 1, 2, 3)"
+    blank = story.env.run("request_changes", config={"ops": {"request_version_changes": {"config": {
+        "version": "3", "reason": " ", "reviewer": "ana"}}}})
+    assert not blank.success and "needs a non-empty reason and reviewer" in _failure(blank)
+    assert review.requested_changes(story.env.resources["mlflow_tracking"].client().get_model_version(
+        MODEL, "3").tags) is None
 
 
 def test_report_shows_each_period_by_version_with_the_monitors_figures(story: Story) -> None:
@@ -247,20 +252,19 @@ def test_period_rows_split_versions_and_arms() -> None:
 def test_the_daemon_refreshes_the_report_after_a_periods_reports_not_after_a_retrain() -> None:
     defs = build_definitions(PROJECTS_DIR / "weather" / "project.yaml")
     instance = dg.DagsterInstance.ephemeral()
+    report = dg.AssetKey("governance_report")
+    result: dg.EvaluateAutomationConditionsResult | None = None
 
-    def land_and_evaluate(asset: str, partition: str | None, cursor=None) -> tuple[bool, object]:
+    def lands(asset: str, partition: str | None = None) -> int:
+        """Report a materialization, evaluate the conditions; how many report runs would start."""
+        nonlocal result
         instance.report_runless_asset_event(dg.AssetMaterialization(asset_key=asset, partition=partition))
-        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
-        return result.get_num_requested(dg.AssetKey("governance_report")) == 1, result.cursor
+        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result and result.cursor)
+        return result.get_num_requested(report)
 
-    requested, cursor = land_and_evaluate("training_set", None)
-    assert not requested
-    requested, cursor = land_and_evaluate("prediction_log", "2015-06-01", cursor)
-    assert not requested, "a log alone: its reports come first"
-    requested, cursor = land_and_evaluate("model_performance", "2015-06-01", cursor)
-    assert requested
-    instance.report_runless_asset_event(dg.AssetMaterialization(asset_key="governance_report"))
-    requested, cursor = land_and_evaluate("training_set", None, cursor)
-    assert not requested
-    requested, _ = land_and_evaluate("drift_report", "2015-07-01", cursor)
-    assert requested
+    assert lands("training_set") == 0
+    assert lands("prediction_log", "2015-06-01") == 0, "a log alone: its reports come first"
+    assert lands("model_performance", "2015-06-01") == 1
+    assert lands("governance_report") == 0
+    assert lands("training_set") == 0, "a retrain alone has nothing new to report"
+    assert lands("drift_report", "2015-07-01") == 1

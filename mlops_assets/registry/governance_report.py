@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+import numpy as np
 import polars as pl
 
 from mlops_assets.contract import PERIOD
@@ -31,6 +32,7 @@ from mlops_assets.monitoring.performance import (
     truth_and_scores,
 )
 from mlops_assets.project.spec import Project
+from mlops_assets.registry.registry import CHAMPION
 from mlops_assets.registry.review import answered_by, requested_changes
 
 MIN_SLICE_ROWS = 10  # a slice with fewer labelled rows in a period is noise, not a trend
@@ -42,8 +44,8 @@ def offline_metrics(tags: dict[str, str]) -> dict[str, float]:
     return {k.removeprefix("metric."): float(v) for k, v in tags.items() if k.startswith("metric.")}
 
 
-def _worst_slice(frame: pl.DataFrame, project: Project, truth, scores, classes, overall: dict,
-                 min_rows: int) -> dict:
+def _worst_slice(frame: pl.DataFrame, project: Project, truth: np.ndarray, scores: np.ndarray,
+                 classes: list[str] | None, overall: dict[str, float], min_rows: int) -> dict:
     slices = [s for s in slice_names(project) if s in frame.columns and s != PERIOD]
     if not slices or frame.height == 0:
         return {"worst_slice": None, "worst_slice_metric": math.nan}
@@ -124,7 +126,7 @@ def version_table(tags_by_version: dict[str, dict[str, str]], history: list[dict
     records = []
     for version in sorted(tags_by_version, key=int):
         tags = tags_by_version[version]
-        moves = [e for e in history if e["version"] == version and e["alias"] == "champion"]
+        moves = [e for e in history if e["version"] == version and e["alias"] == CHAMPION]
         request = requested_changes(tags)
         review = ""
         if request:
