@@ -115,6 +115,9 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
 def test_requested_changes_block_approval_and_auto_promotion_until_a_new_version(story: Story) -> None:
     client = story.env.resources["mlflow_tracking"].client()
     assert story.requested.success
+    [observed] = story.requested.asset_observations_for_node("request_version_changes")
+    assert observed.asset_key == dg.AssetKey("champion_model") and observed.metadata["reason"].value == REASON
+    assert "| 1 | 2 | request_changes | ana |" in observed.metadata["review_history"].value
     tags = client.get_model_version(MODEL, "2").tags
     assert tags["blessed"] == "true" and tags["infra_valid"] == "true"  # only the review stands in the way
     assert tags[review.REQUESTED] == "true" and tags[review.REASON] == REASON and tags[review.REVIEWER] == "ana"
