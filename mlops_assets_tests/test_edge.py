@@ -98,7 +98,7 @@ def test_exported_champion_scores_like_the_registered_pyfunc_in_a_clean_process(
     artifact = tmp_path / "champion"
     done = export_cli(flights, "--alias", "champion", "--out", str(artifact), "--log-to-run", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    summary = json.loads(done.stdout)  # one JSON line: the compilers' own logging is kept off stdout
     assert summary["version"] == "1" and summary["max_abs_diff"] <= TOLERANCE
     manifest = json.loads((artifact / "manifest.json").read_text())
     model = flights.models["1"]
@@ -175,6 +175,10 @@ def test_only_governed_versions_are_exported(flights: Platform, tmp_path: Path,
         assert not out.exists() and not out.with_name(out.name + ".partial").exists()
     assert export_main(flights, "--version", "1", "--out", str(tmp_path / "taken")) == 2
     assert "already exists" in capsys.readouterr().err
+    absent = f"sqlite:///{tmp_path / 'absent.db'}"
+    assert edge_cli.main(["export", "--project", str(flights.project_file), "--tracking-uri", absent,
+                          "--version", "1", "--out", str(tmp_path / "a")]) == 2
+    assert "no MLflow store" in capsys.readouterr().err and not (tmp_path / "absent.db").exists()
 
 
 def test_bad_input_and_a_tampered_artifact_are_one_line_errors(weather: tuple[Platform, Platform],

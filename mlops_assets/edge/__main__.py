@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,17 +27,33 @@ def parser() -> argparse.ArgumentParser:
     which.add_argument("--alias", help="the alias whose version to export (e.g. champion)")
     export.add_argument("--out", type=Path, required=True, help="a new folder for the artifact")
     export.add_argument("--project", help="project folder or file (default: MLOPS_PROJECT)")
-    export.add_argument("--tracking-uri", help="MLflow tracking URI (default: the platform's)")
+    export.add_argument("--tracking-uri", help="MLflow tracking URI (default: the project's state folder's)")
     export.add_argument("--registry-uri", help="MLflow registry URI (default: the tracking URI)")
     export.add_argument("--log-to-run", action="store_true", help="also log the artifact to the version's run")
     return top
 
 
+def project_tracking_uri(project: Path | None) -> str:
+    """The platform's default store for `project` (its state folder), MLOPS_PROJECT's when none is named."""
+    if not project:
+        return default_tracking_uri()
+    saved = os.environ.get("MLOPS_PROJECT")
+    os.environ["MLOPS_PROJECT"] = str(Path(project).resolve())
+    try:
+        return default_tracking_uri()
+    finally:
+        if saved is None:
+            os.environ.pop("MLOPS_PROJECT")
+        else:
+            os.environ["MLOPS_PROJECT"] = saved
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        spec = load_project(args.project or project_path()).spec
-        tracking = args.tracking_uri or default_tracking_uri()
+        loaded = load_project(args.project or project_path())
+        spec = loaded.spec
+        tracking = args.tracking_uri or project_tracking_uri(loaded.path if args.project else None)
         version = resolve(registry_client(tracking, args.registry_uri), spec.model_name, args.version, args.alias)
         manifest = export_version(tracking, args.registry_uri, spec.model_name, version, args.out,
                                   threshold=spec.threshold, log_to_run=args.log_to_run)

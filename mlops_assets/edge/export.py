@@ -117,7 +117,12 @@ def max_difference(folder: Path, model: ScoringModel, matrix: np.ndarray) -> flo
 
 
 def registry_client(tracking_uri: str, registry_uri: str | None = None) -> MlflowClient:
-    """Both URIs explicit (never MLflow's implicit store)."""
+    """Both URIs explicit (never MLflow's implicit store); a SQLite store must exist (MLflow would
+    create an empty one and report every version missing)."""
+    for uri in {tracking_uri, registry_uri or tracking_uri}:
+        if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+            raise ExportError(f"no MLflow store at {uri.removeprefix('sqlite:///')}: run the pipeline first "
+                              "or name the store with --tracking-uri")
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=registry_uri or tracking_uri)
 
 
@@ -160,7 +165,7 @@ def _build(folder: Path, uris: dict[str, str], name: str, version: str, model: S
         "problem": model.problem, "classes": model.classes, "threshold": float(threshold),
         "tolerance": TOLERANCE, "training_set_hash": tags.get("training_set_hash"),
         "tags": {k: tags[k] for k in KEPT_TAGS if k in tags}, "library": library,
-        "runtime": "CPython 3.8+ standard library (ctypes); no numpy, no LightGBM",
+        "runtime": "CPython 3.10+ standard library (ctypes); no numpy, no LightGBM",
     }
     _write(folder, manifest)
     worst = max_difference(folder, model, probe_matrix(model))
