@@ -20,3 +20,7 @@ EVENT_TS_SUFFIX = "__known_at"     # <view>__known_at: newest event used for a r
 LOG_PREDICTION = "prediction"
 LOG_INPUTS = "inputs"
 LOG_FEATURES = "features"
+
+# The registered-model tag holding the challenger's traffic share while a rollout runs (set by
+# rollout/registry_steps.py, followed by the service's registry watcher without a restart).
+ROLLOUT_SHARE_TAG = "rollout.challenger_share"

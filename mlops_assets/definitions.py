@@ -36,6 +36,7 @@ from mlops_assets.registry.jobs import approve_model, rollback_champion
 from mlops_assets.registry.report_asset import governance_report
 from mlops_assets.registry.review_job import request_changes
 from mlops_assets.resources import LakeResource, OnlineStoreResource, ProjectResource
+from mlops_assets.rollout.assets import rollout_assets
 from mlops_assets.settings import executor_name, project_path
 from mlops_assets.tracking import MlflowResource
 from mlops_assets.training.assets import candidate_model
@@ -104,7 +105,7 @@ def build_definitions(project_file: Path | None = None, resources: dict | None =
     project = load_project(project_file).spec
     assets = [*ingestion_assets(project), *feature_assets(project), training_set_asset(project), candidate_model,
               model_evaluation, registered_model_version, champion_model, *batch_scoring_assets(project),
-              *monitoring_assets(project), governance_report, policy_backtest]
+              *monitoring_assets(project), *rollout_assets(project), governance_report, policy_backtest]
     default_resources = {"lake": LakeResource(), "online": OnlineStoreResource(),
                          "project": ProjectResource(path=str(project_file)), "mlflow_tracking": MlflowResource(),
                          "alerts": AlertSink()}

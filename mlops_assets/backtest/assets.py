@@ -14,12 +14,21 @@ from mlops_assets.backtest.report import (
 from mlops_assets.evaluation.plots import image_markdown
 from mlops_assets.features.assets import load_prepared
 from mlops_assets.features.repository import model_features, offline_features
+from mlops_assets.lake import Lake
+from mlops_assets.project.loading import LoadedProject
 from mlops_assets.resources import LakeResource, ProjectResource
 from mlops_assets.tracking import MlflowResource, log_report_run
 from mlops_assets.training.model import label_classes
 from mlops_assets.training.training_set import examples_frame
 
 GROUP = "backtest"
+
+
+def labelled_examples(store: Lake, loaded: LoadedProject) -> pl.DataFrame:
+    """Every stored period's labelled examples with all views' point-in-time features, unsplit."""
+    sources = load_prepared(store, loaded, [loaded.spec.examples.source])
+    views = {v: store.read_view(v) for v in loaded.spec.feature_views}
+    return offline_features(loaded.spec, examples_frame(loaded, sources), views, list(views))
 
 
 @dg.asset(group_name=GROUP, deps=["training_set"], kinds={"lightgbm", "mlflow"})
@@ -33,9 +42,7 @@ def policy_backtest(context: dg.AssetExecutionContext, lake: LakeResource, proje
     spec = loaded.spec
     fixed = spec.model_copy(update={"tuning": spec.tuning.model_copy(update={
         "n_trials": 1, "max_rounds": spec.backtest.max_rounds})})
-    sources = load_prepared(store, loaded, [spec.examples.source])
-    views = {v: store.read_view(v) for v in spec.feature_views}
-    frame = offline_features(spec, examples_frame(loaded, sources), views, list(views))
+    frame = labelled_examples(store, loaded)
     features = model_features(spec)
     classes = label_classes(spec.problem, spec.classes, frame[spec.label.name])
 

@@ -33,7 +33,7 @@ from mlops_assets.tracking import MlflowResource, load_tabular_model, log_report
 GROUP = "monitoring"
 
 
-def _refresh_on_new_data(project: Project) -> dg.AutomationCondition:
+def refresh_on_new_data(project: Project) -> dg.AutomationCondition:
     """A period's reports refresh when its log or labels update, for any period (not only the latest, as
     `eager()` would), and not when a retrain rebuilds the training set or the views (that would re-run
     every period's reports)."""
@@ -70,15 +70,16 @@ def _period(context: dg.AssetExecutionContext, project: Project) -> tuple[str, d
     return period_label(context.partition_key, project.granularity), start, end
 
 
-def _served(store: Lake, period: str) -> pl.DataFrame:
+def served_log(store: Lake, period: str) -> pl.DataFrame:
     try:
         return store.read_batches("prediction_log", [period])
     except FileNotFoundError:
         raise dg.Failure(f"no served predictions for {period}: replay the period first (mlops-assets replay)") from None
 
 
-def _joined(store: Lake, project: Project, period: str) -> pl.DataFrame:
-    return performance.join_ground_truth(_served(store, period), store.read_batches("ground_truth", [period]),
+def served_with_labels(store: Lake, project: Project, period: str) -> pl.DataFrame:
+    """The period's served predictions joined with the labels that arrived."""
+    return performance.join_ground_truth(served_log(store, period), store.read_batches("ground_truth", [period]),
                                          list(project.examples.id), project.label.name)
 
 
@@ -111,7 +112,7 @@ def _offline_metrics(tracking: MlflowResource, model_name: str, version: str) ->
 
 def monitoring_assets(project: Project) -> list[dg.AssetsDefinition]:
     """prediction_log, ground_truth, drift_report, skew_report, model_performance, ab_test_report."""
-    partitions, refresh = period_partitions(project), _refresh_on_new_data(project)
+    partitions, refresh = period_partitions(project), refresh_on_new_data(project)
     example_deps = needed_sources(project, [project.examples.source])
 
     @dg.asset(group_name=GROUP, partitions_def=partitions, kinds={"polars"})
@@ -154,7 +155,7 @@ def monitoring_assets(project: Project) -> list[dg.AssetsDefinition]:
         the drift the training periods show between themselves."""
         store, spec = lake.get(), project.get().spec
         period, _, _ = _period(context, spec)
-        served, (training, _) = _served(store, period), read_training_set(store)
+        served, (training, _) = served_log(store, period), read_training_set(store)
         train = training.filter(pl.col(SPLIT) == "train")
         features = [f for f in model_features(spec) if f in served.columns and f in train.columns]
         categorical = tuple(spec.categorical)
@@ -194,7 +195,7 @@ def monitoring_assets(project: Project) -> list[dg.AssetsDefinition]:
         """Served feature values vs the offline computation for the same request as of its prediction time."""
         store, spec = lake.get(), project.get().spec
         period, _, _ = _period(context, spec)
-        served = _served(store, period)
+        served = served_log(store, period)
         views = {v: store.read_view(v) for v in spec.used_views}
         offline = skew.offline_for_served(served, spec, views, offline_features)
         features = [f for f in [*model_features(spec), "prediction_time"] if f in served.columns]
@@ -214,7 +215,7 @@ def monitoring_assets(project: Project) -> list[dg.AssetsDefinition]:
         """Logged predictions joined with the labels that arrived, against the version's offline test figures."""
         store, spec = lake.get(), project.get().spec
         period, _, _ = _period(context, spec)
-        joined = _joined(store, spec, period).filter(pl.col("arm") != ab_test.SHADOW)
+        joined = served_with_labels(store, spec, period).filter(pl.col("arm") != ab_test.SHADOW)
         version = str(joined["model_version"].mode().sort()[0])
         result = performance.live_performance(joined, spec, _offline_metrics(mlflow_tracking, spec.model_name, version))
         return dg.MaterializeResult(
@@ -231,7 +232,7 @@ def monitoring_assets(project: Project) -> list[dg.AssetsDefinition]:
         """Per-arm metrics with a bootstrap CI and a recommendation (champion vs challenger)."""
         store, spec = lake.get(), project.get().spec
         period, _, _ = _period(context, spec)
-        report = ab_test.ab_test_report(_joined(store, spec, period), spec)
+        report = ab_test.ab_test_report(served_with_labels(store, spec, period), spec)
         return dg.MaterializeResult(metadata={"recommendation": report.get("recommendation", ""),
                                               "summary": dg.MetadataValue.md(ab_test.ab_markdown(report))})
 

@@ -368,6 +368,22 @@ class BacktestSpec(Strict):
     policies: list[PolicySpec] = Field(default_factory=_default_policies, min_length=1)
 
 
+class RolloutSpec(Strict):
+    """Progressive delivery of a blessed challenger: widen by steps while live labels show no regression."""
+
+    steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0], min_length=1)
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="of the A/B test that must not show a regression")
+    min_rows: int = Field(300, ge=1, description="labelled challenger rows needed before a step is judged")
+    max_error_rate: float = Field(0.02, ge=0, le=1, description="challenger request errors that roll back")
+
+    @model_validator(mode="after")
+    def _steps_rise_to_everything(self) -> RolloutSpec:
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)) or not self.steps[0] > 0 or \
+                self.steps[-1] != 1.0:
+            raise ValueError("rollout.steps must rise strictly from above 0 to 1.0, e.g. [0.05, 0.25, 0.5, 1.0]")
+        return self
+
+
 class ExamplesSpec(Strict):
     """Which source's rows are the examples (one prediction each), and how they are keyed."""
 
@@ -411,7 +427,8 @@ class Project(Strict):
     infra: InfraSpec = InfraSpec()
     monitoring: MonitoringSpec = MonitoringSpec()
     backtest: BacktestSpec = BacktestSpec()
-    promotion: Literal["auto", "manual"] = "auto"
+    rollout: RolloutSpec = RolloutSpec()
+    promotion: Literal["auto", "manual", "rollout"] = "auto"
 
     @property
     def primary_metric(self) -> str:

@@ -9,6 +9,7 @@ from mlops_assets.registry import registry, review
 from mlops_assets.registry.infra import expected_array, validate_serving
 from mlops_assets.registry.model_card import model_card
 from mlops_assets.resources import LakeResource, ProjectResource
+from mlops_assets.rollout.registry_steps import start_rollout
 from mlops_assets.tracking import MlflowResource, code_version, log_bytes
 
 GROUP = "registry"
@@ -138,7 +139,13 @@ def champion_model(context: dg.AssetExecutionContext, lake: LakeResource, projec
         outcome = (f"version {version} awaits approval: run approve_model with version {version}. "
                    f"Held because the data it learned from looks shifted ({why[:1500]})")
         alerts.send("WARN", "registry:champion_model", outcome, {"version": version, "holds": [h.id for h in holds]})
-    elif spec.promotion == "auto":
+    elif spec.promotion == "rollout" and registry.alias_version(client, name, registry.CHAMPION) is not None:
+        review.assert_no_changes_requested(client, name, version)
+        start_rollout(client, name, version, spec.rollout.steps[0], context.run.run_id)
+        outcome = (f"version {version} serves {spec.rollout.steps[0]:.0%} of traffic as challenger; rollout_step "
+                   "widens, rolls back or promotes it as the labels of each period arrive")
+        alerts.send("WARN", "rollout", outcome, {"version": version, "share": spec.rollout.steps[0]})
+    elif spec.promotion in ("auto", "rollout"):
         review.assert_no_changes_requested(client, name, version)
         registry.promote(client, name, version, "promote", "continuous_training_job (policy: auto)",
                          "blessed and infra-validated", context.run.run_id)

@@ -21,10 +21,11 @@ import mlflow.pyfunc
 import numpy as np
 from mlflow import MlflowClient
 
+from mlops_assets.contract import ROLLOUT_SHARE_TAG
 from mlops_assets.features.repository import view_feature_names
 from mlops_assets.project.spec import Project
 from mlops_assets.scoring_model import ScoringModel
-from mlops_assets.serving.governance import alias_version, ungoverned
+from mlops_assets.serving.governance import alias_version, model_tags, ungoverned
 from mlops_assets.serving.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Arms:
     champion: LoadedModel | None = None
     challenger: LoadedModel | None = None
     views: tuple[str, ...] = field(default=())
+    rollout_share: float | None = None  # the challenger's share while a rollout runs (registry tag)
 
     def with_arm(self, arm: str, loaded: LoadedModel | None, order: Sequence[str]) -> Arms:
         chosen = dataclasses.replace(self, **{arm: loaded})
@@ -84,6 +86,22 @@ class ModelSlot:
     def replace(self, arm: str, loaded: LoadedModel | None) -> None:
         with self._lock:
             self.arms = self.arms.with_arm(arm, loaded, self.view_order)
+
+    def set_rollout_share(self, share: float | None) -> None:
+        with self._lock:
+            if share != self.arms.rollout_share:
+                self.arms = dataclasses.replace(self.arms, rollout_share=share)
+
+
+def rollout_share(client: MlflowClient, name: str) -> float | None:
+    """The share a running rollout gives the challenger (the registered model's tag), else None; a registry
+    error is raised (the poll keeps the share it had), not read as "no rollout"."""
+    value = model_tags(client, name).get(ROLLOUT_SHARE_TAG, "")
+    try:
+        share = float(value)
+    except ValueError:
+        return None
+    return share if 0 <= share <= 1 else None
 
 
 def load_scoring_model(uri: str) -> ScoringModel:
@@ -159,6 +177,7 @@ class RegistryWatcher:
             log.info("serving %s v%s as %s (was %s)", self.model_name, version, arm,
                      current.version if current else "nothing")
         self.refused = refused
+        self.slot.set_rollout_share(rollout_share(self.client, self.model_name))
         if refused is None:
             self.metrics.governance_cleared()
         if swapped:

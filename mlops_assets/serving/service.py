@@ -75,7 +75,8 @@ class Service:
         self.log = PredictionLog(config.prediction_log_dir, config.log_queue_size, config.log_file_records,
                                  config.log_ack, config.log_flush_seconds, on_change=self._log_changed)
         client = MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.effective_registry_uri)
-        arms = ("champion",) if config.experiment == "off" else ("champion", "challenger")
+        rollout = self.project.promotion == "rollout"  # a rollout needs the challenger loaded
+        arms = ("champion",) if config.experiment == "off" and not rollout else ("champion", "challenger")
         self.watcher = RegistryWatcher(client, self.project, self.slot, self.metrics, arms, config.poll_seconds,
                                        also=self.features.refresh, alert=self.alerts.send)
 
@@ -136,10 +137,12 @@ class Service:
                                     for w in where[:20]])
         lookups = self.features.lookup_many(arms.views, requests, times)  # type: ignore[arg-type]
         cfg, out = self.config, []
+        mode, share = (("canary", arms.rollout_share) if arms.rollout_share is not None
+                       else (cfg.experiment, cfg.challenger_share))
         for instance, request, when, found, rid in zip(instances, requests, times, lookups, ids, strict=True):
             row = {**found.features, **calendar_values(self.project, request),
                    **{f: request.get(f) for f in self.direct}}
-            arm = choose_arm(cfg.experiment, cfg.challenger_share, split_key(request, rid, self.split_key),
+            arm = choose_arm(mode, share, split_key(request, rid, self.split_key),
                              cfg.split_salt, arms.challenger is not None)
             inputs = instance.model_dump(mode="json", exclude={"explain"})
             out.append(Prepared(inputs, row, found, when, arm))  # type: ignore[arg-type]
