@@ -151,6 +151,12 @@ def test_regression_and_multiclass_versions_export_with_parity(weather: tuple[Pl
         assert [a["predicted_class"] for a in scored] == [(model.classes or [])[i] for i in expected.argmax(axis=1)]
         assert all(math.isclose(sum(a["probabilities"].values()), 1.0, rel_tol=1e-12) for a in scored)
     assert ours.shape == expected.shape and np.max(np.abs(ours - expected)) <= TOLERANCE
+    if which == "regression":  # what another target does: rebuild from the shipped sources, same answers
+        (artifact / "model.so").unlink()
+        rebuilt = clean_predict(artifact, "--rebuild")
+        assert rebuilt.returncode == 0 and "rebuilt model.so" in rebuilt.stdout, rebuilt.stderr
+        assert json.loads((artifact / "manifest.json").read_text())["library"]["rebuilt"] is True
+        assert answers(clean_predict(artifact, str(tmp_path / "rows.jsonl"))) == scored
 
 
 def test_only_governed_versions_are_exported(flights: Platform, tmp_path: Path,
@@ -192,6 +198,11 @@ def test_bad_input_and_a_tampered_artifact_are_one_line_errors(weather: tuple[Pl
     one_line_error(clean_predict(artifact, "--format", "csv", stdin="a,b\n1,2\n"), "names none of the model's")
     one_line_error(clean_predict(artifact, str(tmp_path / "absent.jsonl")), "absent.jsonl")
     assert answers(clean_predict(artifact, stdin='{"wind": 3}\n\n'))[0]["prediction"] is not None
+    manifest_path = artifact / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "library": {**manifest["library"], "platform": "linux-riscv64"}}))
+    one_line_error(clean_predict(artifact, stdin='{"wind": 3}\n'), "built for linux-riscv64", "--rebuild")
+    manifest_path.write_text(json.dumps(manifest))
     library = artifact / "model.so"
     library.write_bytes(library.read_bytes() + b"\0")
     one_line_error(clean_predict(artifact, stdin='{"wind": 3}\n'), "does not match the manifest")

@@ -109,7 +109,7 @@ def compile_booster(booster: Any, folder: Path) -> dict[str, object]:
     library = folder / LIBRARY
     return {"library": LIBRARY, "sha256": hashlib.sha256(library.read_bytes()).hexdigest(),
             "bytes": library.stat().st_size, "platform": target_platform(),
-            "build": " ".join(build_command("cc", [f"{SOURCES}/*.c"])), "compiler": _version(cc),
+            "build": " ".join(build_command("cc", [f"{SOURCES}/*.c"])), "cflags": CFLAGS, "compiler": _version(cc),
             "treelite": treelite.__version__, "tl2cgen": tl2cgen.__version__}
 
 

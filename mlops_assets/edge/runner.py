@@ -8,6 +8,7 @@ frozen levels (unseen: missing), a number its float, an absent key or null missi
 
     python predict.py rows.jsonl            # or rows.csv, or JSON lines on stdin
     python predict.py --format csv < rows.csv
+    python predict.py --rebuild             # on another target: build model.so from src/ (needs cc)
 
 One JSON answer per row on stdout, in order, with the fields of the online service's answer.
 """
@@ -21,7 +22,10 @@ import hashlib
 import io
 import json
 import math
+import os
 import platform
+import shutil
+import subprocess
 import sys
 from array import array
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,7 +63,7 @@ class EdgeModel:
         here = f"{sys.platform}-{platform.machine()}"
         if built["platform"] != here:
             raise EdgeError(f"{built['library']} was built for {built['platform']}, this is {here}: "
-                            f"rebuild it in {folder} with `{built['build']}`")
+                            f"rebuild it with `python {folder / 'predict.py'} --rebuild` (needs a C compiler)")
         path = folder / str(built["library"])
         try:
             digest = hashlib.sha256(path.read_bytes()).hexdigest()
@@ -123,6 +127,28 @@ class EdgeModel:
         return {"prediction": output[0]}
 
 
+def rebuild(folder: Path = HERE) -> dict[str, object]:
+    """Build the library from the shipped sources with this machine's C compiler (another target);
+    the manifest then records the new library (the export's parity check ran on the exporting machine)."""
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    built = manifest["library"]
+    cc = next((c for c in (os.environ.get("CC", ""), "cc", "gcc") if c and shutil.which(c)), None)
+    if cc is None:
+        raise EdgeError("no C compiler (cc, gcc or $CC) to rebuild the library with")
+    sources = sorted(f"src/{p.name}" for p in (folder / "src").glob("*.c"))
+    done = subprocess.run([cc, *built["cflags"], "-o", built["library"], *sources, "-lm"], cwd=folder,
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        raise EdgeError(f"{cc} failed: {(done.stderr.strip().splitlines() or ['no output'])[-1]}")
+    library = (folder / built["library"]).read_bytes()
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True).stdout.splitlines()
+    built.update(platform=f"{sys.platform}-{platform.machine()}", sha256=hashlib.sha256(library).hexdigest(),
+                 bytes=len(library), compiler=(version or [cc])[0], rebuilt=True)
+    path.write_text(json.dumps(manifest, indent=2) + "\n")
+    return built
+
+
 def _number(value: object, name: str, row: int) -> float:
     if isinstance(value, bool | int | float):
         return float(value)
@@ -163,9 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("input", nargs="?", default="-", help="a .jsonl or .csv file (default: stdin)")
     parser.add_argument("--format", choices=("jsonl", "csv"), help="default: from the file name, else jsonl")
     parser.add_argument("--artifact", type=Path, default=HERE, help="the artifact folder (default: this one)")
+    parser.add_argument("--rebuild", action="store_true", help="build the library for this machine and exit")
     args = parser.parse_args(argv)
     fmt = args.format or ("csv" if str(args.input).endswith(".csv") else "jsonl")
     try:
+        if args.rebuild:
+            built = rebuild(args.artifact)
+            print(f"rebuilt {built['library']} for {built['platform']} ({built['bytes']} bytes)")
+            return 0
         model = EdgeModel(args.artifact)
         if args.input == "-":
             rows = read_rows(sys.stdin, fmt, model.features)
