@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -136,9 +137,11 @@ def export_version(tracking_uri: str, registry_uri: str | None, name: str, versi
     if out.exists():
         raise ExportError(f"{out} already exists: export into a new folder")
     model = load_version(client, name, version)
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh name each time: the check loads the library, and the dynamic loader hands back a library
+    # already loaded from the same path instead of reading a new file there.
+    partial = Path(tempfile.mkdtemp(prefix=f"{out.name}.partial-", dir=out.parent))
+    partial.chmod(0o755)  # mkdtemp's 0700 would travel with the artifact
     try:
         manifest = _build(partial, uris, name, version, model, tags, threshold)
         partial.rename(out)
