@@ -202,6 +202,8 @@ def test_bad_input_and_a_tampered_artifact_are_one_line_errors(weather: tuple[Pl
     manifest = json.loads(manifest_path.read_text())
     manifest_path.write_text(json.dumps({**manifest, "library": {**manifest["library"], "platform": "linux-riscv64"}}))
     one_line_error(clean_predict(artifact, stdin='{"wind": 3}\n'), "built for linux-riscv64", "--rebuild")
+    manifest_path.write_text(json.dumps({k: v for k, v in manifest.items() if k != "format"}))
+    one_line_error(clean_predict(artifact, stdin='{"wind": 3}\n'), "is not a mlops_assets.edge/1 manifest")
     manifest_path.write_text(json.dumps(manifest))
     library = artifact / "model.so"
     library.write_bytes(library.read_bytes() + b"\0")

@@ -30,7 +30,6 @@ from mlops_assets.scoring_model import ScoringModel
 from mlops_assets.serving.governance import alias_version, not_found, ungoverned
 from mlops_assets.serving.models import load_version
 
-FORMAT = "mlops_assets.edge/1"
 # Thresholds and leaves stay float64 and trees are summed in LightGBM's order, so scores are equal
 # (observed max |diff| 0); the bound leaves room for another libm's exp() (sigmoid, softmax) on the target.
 TOLERANCE = 1e-9
@@ -159,7 +158,7 @@ def _build(folder: Path, uris: dict[str, str], name: str, version: str, model: S
     library = compile_booster(model.booster, folder)
     shutil.copyfile(Path(runner.__file__), folder / "predict.py")
     manifest: dict[str, Any] = {
-        "format": FORMAT, "model_name": name, "version": version,
+        "format": runner.FORMAT, "model_name": name, "version": version,
         **uris,
         "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "input": "feature vectors keyed by feature name (computed upstream, as batch scoring does), not "

@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+FORMAT = "mlops_assets.edge/1"  # the manifest layout this runner reads
 NAN = float("nan")
 FLOATABLE = frozenset({float, int, bool})
 
@@ -49,6 +50,8 @@ class EdgeModel:
         except (OSError, ValueError) as exc:
             raise EdgeError(f"no readable manifest.json in {folder}: {exc}") from exc
         m = self.manifest
+        if not isinstance(m, dict) or m.get("format") != FORMAT:
+            raise EdgeError(f"{folder / 'manifest.json'} is not a {FORMAT} manifest: re-export the artifact")
         self.features: list[str] = list(m["features"])
         self.problem: str = m["problem"]
         self.classes: list[str] | None = m.get("classes")
