@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 
 from mlops_assets.edge import __main__ as edge_cli
+from mlops_assets.edge.compile import CompileError
 from mlops_assets.edge.export import TOLERANCE, export_version
 from mlops_assets.scoring_model import ScoringModel
 from mlops_assets.settings import PROJECT_ROOT
@@ -185,6 +186,16 @@ def test_only_governed_versions_are_exported(flights: Platform, tmp_path: Path,
     assert edge_cli.main(["export", "--project", str(flights.project_file), "--tracking-uri", absent,
                           "--version", "1", "--out", str(tmp_path / "a")]) == 2
     assert "no MLflow store" in capsys.readouterr().err and not (tmp_path / "absent.db").exists()
+
+
+def test_no_c_compiler_is_a_clear_error_and_leaves_no_folder(weather: tuple[Platform, Platform], tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    platform = weather[0]
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(CompileError, match="no C compiler found"):
+        export_version(platform.tracking_uri, None, platform.model_name, "1", tmp_path / "out")
+    assert not list(tmp_path.glob("out*"))
 
 
 def test_bad_input_and_a_tampered_artifact_are_one_line_errors(weather: tuple[Platform, Platform],

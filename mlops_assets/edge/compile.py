@@ -84,9 +84,12 @@ def build_command(cc: str, sources: list[str]) -> list[str]:
 
 def compile_booster(booster: Any, folder: Path) -> dict[str, object]:
     """C sources of the booster under `folder/src`, the library at `folder/model.so`; what was built."""
-    import tl2cgen
-    import treelite
-
+    try:
+        import tl2cgen
+        import treelite
+    except ImportError as exc:
+        raise CompileError(f"{exc.name} is not installed: pip install 'mlops_assets[edge]'") from None
+    cc = compiler()
     source = folder / SOURCES
     source.mkdir(parents=True, exist_ok=True)
     try:
@@ -100,7 +103,6 @@ def compile_booster(booster: Any, folder: Path) -> dict[str, object]:
         _missing_as_nan(generated)
     (source / "edge.c").write_text(ENTRY)
     (source / "recipe.json").unlink(missing_ok=True)
-    cc = compiler()
     command = build_command(cc, sorted(f"{SOURCES}/{p.name}" for p in source.glob("*.c")))
     done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
     if done.returncode != 0:
