@@ -40,6 +40,7 @@ def _log_trial(metric: str, outcome: TrialOutcome) -> None:
         mlflow.log_params(outcome.params)
         mlflow.log_metrics({f"valid_{metric}": outcome.score, "best_iteration": outcome.best_iteration,
                             "seconds": outcome.seconds})
+        mlflow.set_tag("pruned", str(outcome.pruned).lower())
 
 
 def _log_datasets(frame: pl.DataFrame, digest: str, project: Project) -> dict[str, int]:

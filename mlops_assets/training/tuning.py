@@ -44,6 +44,7 @@ class TrialOutcome:
     score: float
     best_iteration: int
     seconds: float
+    pruned: bool = False
 
 
 @dataclass
@@ -113,11 +114,36 @@ def _datasets(template: TabularModel, train: pl.DataFrame, valid: pl.DataFrame,
     return d_train, lgb.Dataset(template.frame(valid.to_pandas()), y_valid, reference=d_train)
 
 
+PRUNE_EVERY = 10
+PRUNE_WARMUP = 100
+
+
+class _Pruning:
+    """Reports the validation metric every PRUNE_EVERY rounds; a trial worse than the median of the earlier
+    trials at the same round (after PRUNE_WARMUP) stops there, so the budget goes to promising ones."""
+
+    def __init__(self, trial: optuna.Trial, metric: str) -> None:
+        self.trial, self.metric, self.last = trial, metric, (0, float("nan"))
+
+    def __call__(self, env: lgb.callback.CallbackEnv) -> None:
+        import optuna
+
+        if (env.iteration + 1) % PRUNE_EVERY:
+            return
+        for _, name, value, _ in env.evaluation_result_list:
+            if name == self.metric:
+                self.last = (env.iteration + 1, float(value))
+                self.trial.report(float(value), env.iteration + 1)
+                if self.trial.should_prune():
+                    raise optuna.TrialPruned(f"pruned at round {env.iteration + 1}")
+
+
 def train_candidate(
     train: pl.DataFrame, valid: pl.DataFrame, project: Project, features: list[str],
     on_trial: Callable[[TrialOutcome], None] | None = None, seed: int = 7,
 ) -> TrainedCandidate:
-    """Tune within `project.tuning` (trials and seconds); the first trial is `first_trial_params`."""
+    """Tune within `project.tuning` (trials and seconds); the first trial is `first_trial_params`; later trials
+    that trail the median at the same round are pruned."""
     import lightgbm as lgb  # imported when training, not by every process that loads the definitions
     import optuna
 
@@ -133,10 +159,20 @@ def train_candidate(
     def objective(trial: optuna.Trial) -> float:
         started = time.perf_counter()
         params = _search_space(trial)
-        booster = lgb.train(
-            {**params, **fixed}, d_train, num_boost_round=project.tuning.max_rounds, valid_sets=[d_valid],
-            valid_names=["valid"], callbacks=[lgb.early_stopping(project.tuning.early_stopping_rounds, verbose=False)],
-        )
+        pruning = _Pruning(trial, lgb_metric)
+        try:
+            booster = lgb.train(
+                {**params, **fixed}, d_train, num_boost_round=project.tuning.max_rounds, valid_sets=[d_valid],
+                valid_names=["valid"],
+                callbacks=[lgb.early_stopping(project.tuning.early_stopping_rounds, verbose=False), pruning],
+            )
+        except optuna.TrialPruned:
+            step, value = pruning.last
+            outcome = TrialOutcome(trial.number, params, value, step, time.perf_counter() - started, pruned=True)
+            outcomes.append(outcome)
+            if on_trial is not None:
+                on_trial(outcome)
+            raise
         boosters[trial.number] = booster
         score = float(booster.best_score["valid"][lgb_metric])
         outcome = TrialOutcome(trial.number, params, score, booster.best_iteration, time.perf_counter() - started)
@@ -146,7 +182,8 @@ def train_candidate(
         return score
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed))
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=PRUNE_WARMUP, interval_steps=PRUNE_EVERY)
+    study = optuna.create_study(direction=direction, sampler=optuna.samplers.TPESampler(seed=seed), pruner=pruner)
     study.enqueue_trial(first_trial_params(project))
     study.optimize(objective, n_trials=project.tuning.n_trials, timeout=project.tuning.timeout_seconds)
     best = {o.number: o for o in outcomes}[study.best_trial.number]
