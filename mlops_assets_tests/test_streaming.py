@@ -29,6 +29,7 @@ from mlops_assets.streaming.sink import CHECKPOINT, Sink, part_files, read_sink
 from mlops_assets_tests.serving_fixtures import (
     GOOD,
     Platform,
+    build_weather,
     log_lines,
     shared_flights_fixture,  # noqa: F401 - registers it
 )
@@ -171,21 +172,21 @@ def test_a_part_committed_without_its_checkpoint_is_not_repeated(streamed: Strea
 
 def test_consumer_killed_mid_stream_and_restarted_outputs_every_event_once(flights: Platform,
                                                                              tmp_path: Path) -> None:
-    requests = flights.requests(1500)
+    requests = flights.requests(1200)
     events = with_ids(requests, "a") + with_ids(requests, "b")
     write_events(tmp_path / "in", events, 3)
     config = flights.config(tmp_path / "service")
     env = {**os.environ, **environment(config), "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "mlops_assets.streaming", "--in", str(tmp_path / "in"),
                "--out", str(tmp_path / "out"), "--part-events", "150", "--batch", "50"]
-    for target in (600, 1800):
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 90
-        while committed(tmp_path / "out") < target and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 90
+    while committed(tmp_path / "out") < 900 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert process.poll() is None, process.stderr.read().decode()  # type: ignore[union-attr]
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert 900 <= committed(tmp_path / "out") < len(events)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.splitlines()[-1])
@@ -194,6 +195,37 @@ def test_consumer_killed_mid_stream_and_restarted_outputs_every_event_once(fligh
     assert summary["events"] < len(events) and not read_sink(tmp_path / "out", dead_letter=True)
     logged = {(r["request_id"], r["instance"]) for r in log_lines(config) if r["status"] == 200}
     assert {(r["request_id"], r["instance"]) for r in read_sink(tmp_path / "out")} <= logged
+
+
+def test_categories_the_model_refuses_are_dead_letters_and_the_rest_is_scored(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """`unknown_categories: refuse` (weather): the service refuses the whole batch naming instances[i];
+    the consumer dead-letters those events and scores the others in a new call."""
+    _, kind = build_weather(tmp_path_factory.mktemp("weather"))
+    root = tmp_path_factory.mktemp("kinds")
+    requests = kind.requests(kind.served().height)
+    seattle = [r for r in requests if r["location"] == "Seattle"][:45]
+    elsewhere = [r for r in requests if r["location"] != "Seattle"][:15]
+    events = with_ids([r for pair in zip(seattle[::3], seattle[1::3], seattle[2::3], elsewhere, strict=True)
+                       for r in pair], "w")
+    write_events(root / "in", events, 1)
+    config = kind.config(root / "service")
+    service = Service(config)
+    service.start()
+    try:
+        Consumer(service, root / "in", Sink.open(root / "out", root / "in"), batch=25).run(
+            False, None, 0.1, threading.Event())
+    finally:
+        service.stop()
+    unseen = {e["event_id"] for e in events if e["location"] != "Seattle"}
+    dead, records = read_sink(root / "out", dead_letter=True), read_sink(root / "out")
+    assert unseen and {d["event_id"] for d in dead} == unseen and len(dead) == len(unseen)
+    assert all(d["problems"][0]["field"] == "location" and "unknown value" in d["problems"][0]["problem"]
+               for d in dead)
+    assert sorted(r["event_id"] for r in records) == sorted(e["event_id"] for e in events if e["event_id"] not in unseen)
+    assert all(sum(r["probabilities"].values()) == pytest.approx(1.0) for r in records)
+    refusals = {r["request_id"] for r in log_lines(config) if r["status"] == 422}
+    assert {d["request_id"] for d in dead} <= refusals
 
 
 def committed(out: Path) -> int:

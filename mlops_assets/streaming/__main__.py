@@ -16,7 +16,7 @@ import logging
 import signal
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -42,8 +42,8 @@ def fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
-def positive(kind: type) -> object:
-    def parse(text: str) -> object:
+def positive(kind: Callable[[str], float]) -> Callable[[str], float]:
+    def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
@@ -82,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             fail(f"--batch {args.batch}: above the service's max_batch of {config.max_batch}", 2)
         sink = Sink.open(out, source)
         service = Service(config)
-    except (ConfigError, ProjectError, SinkError, ValueError) as exc:
+    except (ConfigError, ProjectError, SinkError, ValueError, OSError) as exc:
         fail(str(exc).splitlines()[0], 2)
     stop = threading.Event()
     previous = {signum: signal.signal(signum, lambda *_: stop.set()) for signum in (signal.SIGTERM, signal.SIGINT)}
@@ -93,7 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  "of the service); nothing consumed", 1)
         consumer = Consumer(service, source, sink, args.batch, args.part_events, args.explain)
         counts = consumer.run(args.follow, args.max_events, args.poll_seconds, stop)
-    except (InputError, LogUnavailable, NotReady) as exc:
+    except (InputError, LogUnavailable, NotReady, OSError) as exc:
         fail(str(exc) or "no model loaded", 1)
     finally:
         service.stop()
