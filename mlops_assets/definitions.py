@@ -28,6 +28,7 @@ from mlops_assets.evaluation.assets import model_evaluation
 from mlops_assets.features.assets import feature_assets
 from mlops_assets.ingestion.assets import ingestion_assets
 from mlops_assets.monitoring.assets import monitoring_assets, monitoring_automation
+from mlops_assets.monitoring.efficiency_asset import serving_efficiency_asset
 from mlops_assets.partitions import period_partitions
 from mlops_assets.project.loading import load_project
 from mlops_assets.project.spec import Project
@@ -105,7 +106,8 @@ def build_definitions(project_file: Path | None = None, resources: dict | None =
     project = load_project(project_file).spec
     assets = [*ingestion_assets(project), *feature_assets(project), training_set_asset(project), candidate_model,
               model_evaluation, registered_model_version, champion_model, *batch_scoring_assets(project),
-              *monitoring_assets(project), *rollout_assets(project), governance_report, policy_backtest]
+              *monitoring_assets(project), serving_efficiency_asset(project), *rollout_assets(project),
+              governance_report, policy_backtest]
     default_resources = {"lake": LakeResource(), "online": OnlineStoreResource(),
                          "project": ProjectResource(path=str(project_file)), "mlflow_tracking": MlflowResource(),
                          "alerts": AlertSink()}

@@ -425,7 +425,8 @@ def test_metrics_expose_counters_latency_and_model_versions(flights: Platform, c
     for expected in ('mlops_serving_requests_total{endpoint="/v1/predict",status="200"} 1',
                      'mlops_serving_errors_total{endpoint="/v1/predict",status="422"} 1',
                      'mlops_serving_errors_total{endpoint="/v1/events",status="422"} 1',
-                     'mlops_serving_request_latency_seconds_bucket{endpoint="/v1/predict",le="+Inf"} 2',
+                     'mlops_serving_request_latency_seconds_bucket{endpoint="/v1/predict",le="+Inf",status_class="2xx"} 1',
+                     'mlops_serving_request_latency_seconds_bucket{endpoint="/v1/predict",le="+Inf",status_class="4xx"} 1',
                      f'mlops_serving_model_version{{arm="champion",model="{flights.model_name}"}} 1',
                      "mlops_serving_hot_swaps_total 0", "# TYPE mlops_serving_request_latency_seconds histogram"):
         assert expected in text

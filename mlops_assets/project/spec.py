@@ -331,6 +331,13 @@ class InfraSpec(Strict):
     timeout_seconds: float = Field(300.0, gt=0)
 
 
+class ServingBudgetSpec(Strict):
+    """What `serving_efficiency` alerts on: any route's p99 latency, and the share of 5xx answers, per period."""
+
+    p99_ms: float = Field(50.0, gt=0)
+    error_rate: float = Field(0.01, ge=0, le=1)
+
+
 class MonitoringSpec(Strict):
     drift_warn_share: float = Field(0.3, ge=0, le=1)
     drift_error_share: float = Field(0.5, ge=0, le=1)
@@ -341,6 +348,7 @@ class MonitoringSpec(Strict):
     retrain_on: Literal["WARN", "ERROR"] = "ERROR"
     retrain_cooldown_hours: float = Field(6.0, ge=0)
     sample_rows: int = Field(30_000, ge=100)
+    serving_budget: ServingBudgetSpec = Field(default_factory=ServingBudgetSpec)
 
 
 class PolicySpec(Strict):

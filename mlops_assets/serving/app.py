@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -195,8 +195,9 @@ def ops_router(config: ServingConfig) -> APIRouter:
 
     @router.get("/metrics", dependencies=guarded)
     async def metrics(request: Request) -> Response:
+        """Every worker's figures (one scrape sees the fleet), in the Prometheus text format."""
         service = _service(request)
-        return PlainTextResponse(service.metrics.render(service.log), media_type=PROMETHEUS_TEXT)
+        return Response(await run_in_threadpool(service.metrics.render, service.log), media_type=PROMETHEUS_TEXT)
 
     return router
 
@@ -255,11 +256,13 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         started = time.perf_counter()
         service.start()
+        service.metrics.start_sampling(service.log)
         log.info("serving %s (ready=%s) after %.1f s", service.project.model_name, service.ready,
                  time.perf_counter() - started)
         try:
             yield
         finally:
+            service.metrics.stop_sampling()
             service.stop()
 
     public = {} if cfg.token is None else {"openapi_url": None, "docs_url": None, "redoc_url": None}

@@ -1,26 +1,42 @@
-"""Prometheus metrics, exposition text written here (no prometheus_client dependency).
+"""Prometheus metrics of the service (prometheus_client), for the whole fleet of workers.
 
-Counters are per process: with several uvicorn workers each scrape sees one worker's numbers.
+The launcher (`python -m mlops_assets.serving`) sets PROMETHEUS_MULTIPROC_DIR to a fresh folder before
+the workers start: every worker writes its samples there (memory-mapped files per pid) and /metrics,
+in whichever worker answers the scrape, adds up all of them (MultiProcessCollector). Without it (the
+app built in-process, as tests and replay do) each Metrics has its own registry.
+
+Figures another object owns (the prediction log's counts, the process's memory, CPU and descriptors)
+are published when /metrics is scraped and every SAMPLE_SECONDS by a thread, so another worker's
+figures in a scrape are at most that old.
 """
 
 from __future__ import annotations
 
-import bisect
+import os
+import re
 import threading
-from collections import defaultdict
+from pathlib import Path
 from typing import Protocol
+
+import prometheus_client
+import psutil
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    values,
+)
 
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PREFIX = "mlops_serving"
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+SAMPLE_SECONDS = 5.0
+LIVE_FILE = re.compile(r"^gauge_live[a-z]+_(\d+)\.db$")
 
-
-def _labels(**labels: str) -> str:
-    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-    return "{" + inner + "}" if inner else ""
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+prometheus_client.disable_created_metrics()  # no *_created series: they exist only without multiprocess mode
 
 
 class LogFigures(Protocol):
@@ -37,132 +53,168 @@ class LogFigures(Protocol):
     def degraded(self) -> bool: ...
 
 
+def multiprocess_dir() -> Path | None:
+    """The shared metrics folder of a multi-worker launch, or None (one process, its own registry)."""
+    folder = os.environ.get(MULTIPROCESS_ENV, "")
+    if not folder:
+        return None
+    if values.ValueClass.__name__ != "MmapedValue":
+        raise RuntimeError(f"{MULTIPROCESS_ENV} was set after prometheus_client was imported; set it before the "
+                           "process starts")
+    if not Path(folder).is_dir():
+        raise RuntimeError(f"{MULTIPROCESS_ENV}={folder} is not a folder")
+    return Path(folder)
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx"
+
+
 class Metrics:
-    """Request counts and latency by endpoint, errors, predictions and model versions per arm, swaps."""
+    """Requests, latency and errors by endpoint; predictions per arm and model version; swaps, governance
+    refusals, prediction-log health and each worker's resource use."""
 
     def __init__(self) -> None:
+        self.folder = multiprocess_dir()
+        self.registry = CollectorRegistry(auto_describe=True)
+        reg = None if self.folder is not None else self.registry
         self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str], int] = defaultdict(int)
-        self.buckets: dict[str, list[int]] = defaultdict(lambda: [0] * (len(BUCKETS) + 1))
-        self.latency_sum: dict[str, float] = defaultdict(float)
-        self.predictions: dict[str, int] = defaultdict(int)
-        self.model_versions: dict[tuple[str, str], int] = {}
-        self.hot_swaps = 0
-        self.refused_versions = 0
-        self.governance_blocked = 0
+        self._served: dict[str, tuple[str, str]] = {}
+        self._published = {"records": 0, "dropped": 0, "commits": 0}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.requests = Counter(f"{PREFIX}_requests", "Requests by endpoint and HTTP status.",
+                                ["endpoint", "status"], registry=reg)
+        self.errors = Counter(f"{PREFIX}_errors", "Responses with a 4xx or 5xx status, by endpoint and status.",
+                              ["endpoint", "status"], registry=reg)
+        self.latency = Histogram(f"{PREFIX}_request_latency_seconds", "Request latency by endpoint and status "
+                                 "class (first byte in to the last byte out).", ["endpoint", "status_class"],
+                                 buckets=BUCKETS, registry=reg)
+        self.predictions = Counter(f"{PREFIX}_predictions", "Scored instances by arm and model version.",
+                                   ["arm", "model_version"], registry=reg)
+        self.hot_swaps = Counter(f"{PREFIX}_hot_swaps", "Models replaced while serving (each worker swaps).",
+                                 registry=reg)
+        self.refused = Counter(f"{PREFIX}_ungoverned_versions_refused", "Alias moves to a version without a "
+                               "recorded blessing and infra validation, not served.", registry=reg)
+        self.blocked = Gauge(f"{PREFIX}_governance_blocked", "1 while an alias points at a version the service "
+                             "refuses.", registry=reg, multiprocess_mode="livemax")
+        self.model_version = Gauge(f"{PREFIX}_model_version", "Registry version served per arm (0: none any more).",
+                                   ["arm", "model"], registry=reg, multiprocess_mode="livemax")
+        self._log_metrics(reg)
+        self._process_metrics(reg)
+        self.sample(None)
+
+    def _log_metrics(self, reg: CollectorRegistry | None) -> None:
+        name = f"{PREFIX}_prediction_log"
+        self.log_backlog = Gauge(f"{name}_queue_depth", "Records accepted but not yet durable (queued, or held "
+                                 "while the disk fails).", registry=reg, multiprocess_mode="livesum")
+        self.log_counters = {
+            "records": Counter(f"{name}_records", "Records written and fsynced to the prediction log.", registry=reg),
+            "dropped": Counter(f"{name}_dropped", "Records refused because the backlog was full (their answers "
+                               "said not-logged).", registry=reg),
+            "commits": Counter(f"{name}_commits", "Group commits (one write + fsync each).", registry=reg),
+        }
+        self.log_degraded = Gauge(f"{name}_degraded", "1 while the prediction log cannot be written (any worker).",
+                                  registry=reg, multiprocess_mode="livemax")
+
+    def _process_metrics(self, reg: CollectorRegistry | None) -> None:
+        """Per worker (label worker_pid): prometheus_client's ProcessCollector does not work across processes."""
+        self.process = psutil.Process()
+        self.pid = str(os.getpid())
+        label = ["worker_pid"]  # not "pid": the multiprocess collector uses and drops that name
+        self.rss = Gauge(f"{PREFIX}_process_resident_memory_bytes", "Resident memory of the worker.", label,
+                         registry=reg, multiprocess_mode="livesum")
+        self.cpu = Gauge(f"{PREFIX}_process_cpu_seconds", "CPU time (user + system) the worker has used.", label,
+                         registry=reg, multiprocess_mode="livesum")
+        self.fds = Gauge(f"{PREFIX}_process_open_fds", "Open file descriptors of the worker.", label,
+                         registry=reg, multiprocess_mode="livesum")
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self.requests[(endpoint, str(status))] += 1
-            self.buckets[endpoint][bisect.bisect_left(BUCKETS, seconds)] += 1
-            self.latency_sum[endpoint] += seconds
+        code = str(status)
+        self.requests.labels(endpoint, code).inc()
+        if status >= 400:
+            self.errors.labels(endpoint, code).inc()
+        self.latency.labels(endpoint, status_class(status)).observe(seconds)
 
-    def predicted(self, arm: str, count: int = 1) -> None:
-        with self._lock:
-            self.predictions[arm] += count
+    def predicted(self, arm: str, count: int = 1, version: str | None = None) -> None:
+        """`version` when the caller knows it; else the version last loaded for the arm (a shadow
+        prediction is the challenger's)."""
+        if version is None:
+            served = self._served.get("challenger" if arm == "shadow" else arm)
+            version = served[1] if served else "unknown"
+        self.predictions.labels(arm, version).inc(count)
 
     def model_loaded(self, arm: str, name: str, version: str, swapped: bool) -> None:
         self.model_dropped(arm)
         with self._lock:
-            self.model_versions[(arm, name)] = int(version) if version.isdigit() else -1
-            self.hot_swaps += int(swapped)
+            self._served[arm] = (name, version)
+            self.model_version.labels(arm, name).set(int(version) if version.isdigit() else -1)
+            if swapped:
+                self.hot_swaps.inc()
 
     def version_refused(self, blocked: bool) -> None:
         """An alias pointed at a version without a recorded blessing and infra validation."""
-        with self._lock:
-            self.refused_versions += 1
-            self.governance_blocked = int(blocked)
+        self.refused.inc()
+        self.blocked.set(int(blocked))
 
     def governance_cleared(self) -> None:
-        with self._lock:
-            self.governance_blocked = 0
+        self.blocked.set(0)
 
     def model_dropped(self, arm: str) -> None:
+        """The arm serves nothing: its series goes (shared across workers it stays, at 0)."""
         with self._lock:
-            for key in [k for k in self.model_versions if k[0] == arm]:
-                del self.model_versions[key]
+            served = self._served.pop(arm, None)
+            if served is not None:
+                self.model_version.labels(arm, served[0]).set(0)
+                self.model_version.remove(arm, served[0])
 
-    def render(self, log: LogFigures) -> str:
-        """The text exposition format, version 0.0.4."""
+    def sample(self, log: LogFigures | None) -> None:
+        """Publish this worker's resource use and (when given) its prediction log's figures."""
         with self._lock:
-            lines = self._counters() + self._histogram() + self._gauges() + self._log(log)
-        return "\n".join(lines) + "\n"
+            with self.process.oneshot():
+                times = self.process.cpu_times()
+                self.rss.labels(self.pid).set(self.process.memory_info().rss)
+                self.cpu.labels(self.pid).set(times.user + times.system)
+                self.fds.labels(self.pid).set(self.process.num_fds() if hasattr(self.process, "num_fds") else 0)
+            if log is None:
+                return
+            self.log_backlog.set(log.backlog)
+            self.log_degraded.set(int(log.degraded))
+            for key, now in (("records", log.written), ("dropped", log.dropped), ("commits", log.commits)):
+                if now > self._published[key]:
+                    self.log_counters[key].inc(now - self._published[key])
+                    self._published[key] = now
 
-    def _counters(self) -> list[str]:
-        lines = [
-            f"# HELP {PREFIX}_requests_total Requests by endpoint and HTTP status.",
-            f"# TYPE {PREFIX}_requests_total counter",
-        ]
-        lines += [
-            f"{PREFIX}_requests_total{_labels(endpoint=e, status=s)} {n}"
-            for (e, s), n in sorted(self.requests.items())
-        ]
-        lines += [
-            f"# HELP {PREFIX}_errors_total Responses with a 4xx or 5xx status, by endpoint and status.",
-            f"# TYPE {PREFIX}_errors_total counter",
-        ]
-        lines += [
-            f"{PREFIX}_errors_total{_labels(endpoint=e, status=s)} {n}"
-            for (e, s), n in sorted(self.requests.items())
-            if int(s) >= 400
-        ]
-        lines += [
-            f"# HELP {PREFIX}_predictions_total Scored instances by arm.",
-            f"# TYPE {PREFIX}_predictions_total counter",
-        ]
-        lines += [
-            f"{PREFIX}_predictions_total{_labels(arm=a)} {n}" for a, n in sorted(self.predictions.items())
-        ]
-        lines += [
-            f"# HELP {PREFIX}_hot_swaps_total Models replaced while serving.",
-            f"# TYPE {PREFIX}_hot_swaps_total counter",
-            f"{PREFIX}_hot_swaps_total {self.hot_swaps}",
-            f"# HELP {PREFIX}_ungoverned_versions_refused_total Alias moves to a version without a recorded "
-            "blessing and infra validation, not served.",
-            f"# TYPE {PREFIX}_ungoverned_versions_refused_total counter",
-            f"{PREFIX}_ungoverned_versions_refused_total {self.refused_versions}",
-            f"# HELP {PREFIX}_governance_blocked 1 while an alias points at a version the service refuses.",
-            f"# TYPE {PREFIX}_governance_blocked gauge",
-            f"{PREFIX}_governance_blocked {self.governance_blocked}",
-        ]
-        return lines
+    def start_sampling(self, log: LogFigures) -> None:
+        """A daemon thread publishing `sample(log)` every SAMPLE_SECONDS, so a scrape answered by another
+        worker sees this one's figures too."""
+        def run() -> None:
+            while not self._stop.wait(SAMPLE_SECONDS):
+                self.sample(log)
 
-    def _histogram(self) -> list[str]:
-        name = f"{PREFIX}_request_latency_seconds"
-        lines = [f"# HELP {name} Request latency by endpoint.", f"# TYPE {name} histogram"]
-        for endpoint, counts in sorted(self.buckets.items()):
-            running = 0
-            for bound, count in zip([*map(str, BUCKETS), "+Inf"], counts, strict=True):
-                running += count
-                lines.append(f"{name}_bucket{_labels(endpoint=endpoint, le=bound)} {running}")
-            lines.append(f"{name}_sum{_labels(endpoint=endpoint)} {self.latency_sum[endpoint]:.6f}")
-            lines.append(f"{name}_count{_labels(endpoint=endpoint)} {running}")
-        return lines
+        self.sample(log)
+        self._thread = threading.Thread(target=run, name="metrics-sampler", daemon=True)
+        self._thread.start()
 
-    def _gauges(self) -> list[str]:
-        lines = [
-            f"# HELP {PREFIX}_model_version Registry version served per arm.",
-            f"# TYPE {PREFIX}_model_version gauge",
-        ]
-        lines += [
-            f"{PREFIX}_model_version{_labels(arm=a, model=m)} {v}"
-            for (a, m), v in sorted(self.model_versions.items())
-        ]
-        return lines
+    def stop_sampling(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(SAMPLE_SECONDS + 1)
 
-    @staticmethod
-    def _log(log: LogFigures) -> list[str]:
-        figures = [
-            ("queue_depth", "gauge", "Records accepted but not yet durable (queued, or held while the disk fails).",
-             log.backlog),
-            ("records_total", "counter", "Records written and fsynced to the prediction log.", log.written),
-            ("dropped_total", "counter", "Records refused because the backlog was full (their answers said "
-                                         "not-logged).", log.dropped),
-            ("commits_total", "counter", "Group commits (one write + fsync each).", log.commits),
-            ("degraded", "gauge", "1 while the prediction log cannot be written.", int(log.degraded)),
-        ]
-        lines = []
-        for name, kind, text, value in figures:
-            full = f"{PREFIX}_prediction_log_{name}"
-            lines += [f"# HELP {full} {text}", f"# TYPE {full} {kind}", f"{full} {value}"]
-        return lines
+    def render(self, log: LogFigures) -> bytes:
+        """The text exposition format (0.0.4): this process's registry, or every worker's files."""
+        self.sample(log)
+        if self.folder is None:
+            return generate_latest(self.registry)
+        _forget_dead_workers(self.folder)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(self.folder))
+        return generate_latest(registry)
+
+
+def _forget_dead_workers(folder: Path) -> None:
+    """A worker that died (and was replaced) leaves its live gauges behind: drop them. Its counters stay."""
+    for path in folder.iterdir():
+        found = LIVE_FILE.match(path.name)
+        if found and not psutil.pid_exists(int(found.group(1))):
+            multiprocess.mark_process_dead(int(found.group(1)), str(folder))
