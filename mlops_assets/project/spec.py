@@ -400,6 +400,99 @@ class ExamplesSpec(Strict):
     filter: str | None = Field(None, description="polars SQL condition keeping only predictable rows")
 
 
+class RoutineComponent(Strict):
+    """One registered model a routine calls: by alias (default champion) or by a pinned version."""
+
+    name: Name
+    model: Name | None = Field(None, description="registered model name; default the project's model_name")
+    alias: Name | None = Field(None, description="default champion")
+    version: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _alias_or_version(self) -> RoutineComponent:
+        if self.alias is not None and self.version is not None:
+            raise ValueError(f"component {self.name!r}: give `alias` or `version`, not both")
+        return self
+
+
+class RoutineGate(Strict):
+    """A gate: `then` answers when the gate component predicts above `above`, else `else` (value or component)."""
+
+    component: Name
+    above: float
+    then: Name
+    else_: float | Name = Field(alias="else")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class RoutineStep(Strict):
+    """A pre-processing step on one model input: clip it to [lo, hi], or fill it when missing."""
+
+    field: Name
+    clip: tuple[float, float] | None = None
+    fill: float | str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> RoutineStep:
+        if (self.clip is None) == (self.fill is None):
+            raise ValueError(f"pre step on {self.field!r}: give exactly one of `clip` or `fill`")
+        if self.clip is not None and self.clip[0] > self.clip[1]:
+            raise ValueError(f"pre step on {self.field!r}: clip {list(self.clip)} has its low end above its high end")
+        return self
+
+
+class RoutinePost(Strict):
+    """Post-processing of the combined prediction: clip to [lo, hi], then round to `round` digits."""
+
+    clip: tuple[float, float] | None = None
+    round: int | None = Field(None, ge=0, le=12)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RoutinePost:
+        if self.clip is not None and self.clip[0] > self.clip[1]:
+            raise ValueError(f"post clip {list(self.clip)} has its low end above its high end")
+        return self
+
+
+class RoutineSpec(Strict):
+    """A composite prediction routine: several registered models called as one, served and governed as a unit."""
+
+    name: Name
+    components: list[RoutineComponent] = Field(min_length=1)
+    combine: Literal["mean", "weighted_mean", "gate"] = "mean"
+    weights: dict[Name, float] | None = None
+    gate: RoutineGate | None = None
+    pre: list[RoutineStep] = Field(default_factory=list)
+    post: RoutinePost | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RoutineSpec:
+        names = [c.name for c in self.components]
+        if len(set(names)) != len(names):
+            raise ValueError(f"component names must be unique: {names}")
+        if (self.weights is not None) != (self.combine == "weighted_mean"):
+            raise ValueError("`weights` go with combine: weighted_mean (and only with it)")
+        if (self.gate is not None) != (self.combine == "gate"):
+            raise ValueError("`gate` goes with combine: gate (and only with it)")
+        if self.weights is not None:
+            if set(self.weights) != set(names):
+                raise ValueError(f"weights must name every component exactly: {sorted(names)}, "
+                                 f"not {sorted(self.weights)}")
+            if any(w < 0 for w in self.weights.values()) or abs(sum(self.weights.values()) - 1) > 1e-9:
+                raise ValueError(f"weights must be non-negative and sum to 1; they sum to {sum(self.weights.values()):g}")
+        if self.gate is not None:
+            used = [self.gate.component, self.gate.then, *([self.gate.else_] if isinstance(self.gate.else_, str) else [])]
+            unknown = [u for u in used if u not in names]
+            if unknown:
+                raise ValueError(f"the gate names unknown component {unknown[0]!r}; components: {names}")
+            unused = [n for n in names if n not in used]
+            if unused:
+                raise ValueError(f"component {unused[0]!r} is declared but the gate never calls it")
+        return self
+
+
 PRIMARY_METRICS = {"binary": ("auc", "pr_auc", "log_loss", "brier", "accuracy"),
                    "multiclass": ("log_loss", "accuracy", "macro_f1"),
                    "regression": ("rmse", "mae", "r2")}
@@ -437,6 +530,20 @@ class Project(Strict):
     backtest: BacktestSpec = BacktestSpec()
     rollout: RolloutSpec = RolloutSpec()
     promotion: Literal["auto", "manual", "rollout"] = "auto"
+    routine: RoutineSpec | None = None
+
+    @model_validator(mode="after")
+    def _routine_fits(self) -> Project:
+        """What a routine cannot do for this project (a multiclass answer has no single value to gate or clip)."""
+        routine = self.routine
+        if routine is None:
+            return self
+        if self.problem == "multiclass" and (routine.gate is not None or routine.post is not None):
+            raise ValueError("routine: a multiclass routine can only average its components (no gate, no post)")
+        if self.promotion == "rollout":
+            raise ValueError("routine: promotion: rollout serves a challenger beside the champion; "
+                             "a routine serves its components as one unit")
+        return self
 
     @property
     def primary_metric(self) -> str:

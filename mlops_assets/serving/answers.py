@@ -52,3 +52,11 @@ def explain_one(model: ScoringModel, contributions: np.ndarray, row: Mapping[str
     predicted = str(fields["predicted_class"])
     index = model.classes.index(predicted)
     return explanation(contributions[index], model.features, row, k, model.problem, predicted)
+
+
+def component_prediction(model: ScoringModel, output: np.ndarray | None) -> object:
+    """What a routine's component said for one instance (None: the routine did not call it for this one)."""
+    if output is None:
+        return None
+    return logged_prediction(outcome(model, output, model.threshold)) if model.problem != "multiclass" else \
+        outcome(model, output, model.threshold)["probabilities"]

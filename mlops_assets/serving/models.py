@@ -23,10 +23,11 @@ from mlflow import MlflowClient
 
 from mlops_assets.contract import ROLLOUT_SHARE_TAG
 from mlops_assets.features.repository import view_feature_names
-from mlops_assets.project.spec import Project
+from mlops_assets.project.spec import Project, RoutineComponent
 from mlops_assets.scoring_model import ScoringModel
 from mlops_assets.serving.governance import alias_version, model_tags, ungoverned
 from mlops_assets.serving.metrics import Metrics
+from mlops_assets.serving.routine import LoadedRoutine, check_components
 
 log = logging.getLogger(__name__)
 ARM_ALIASES = {"champion": "champion", "challenger": "challenger"}
@@ -59,12 +60,14 @@ class LoadedModel:
 
 @dataclass(frozen=True)
 class Arms:
-    """What is served now: the champion, maybe a challenger, and the views either one reads."""
+    """What is served now: the champion, maybe a challenger, and the views either one reads. With a
+    routine, the champion is its first component (readiness) and the views are all components' views."""
 
     champion: LoadedModel | None = None
     challenger: LoadedModel | None = None
     views: tuple[str, ...] = field(default=())
     rollout_share: float | None = None  # the challenger's share while a rollout runs (registry tag)
+    routine: LoadedRoutine | None = None
 
     def with_arm(self, arm: str, loaded: LoadedModel | None, order: Sequence[str]) -> Arms:
         chosen = dataclasses.replace(self, **{arm: loaded})
@@ -86,6 +89,13 @@ class ModelSlot:
     def replace(self, arm: str, loaded: LoadedModel | None) -> None:
         with self._lock:
             self.arms = self.arms.with_arm(arm, loaded, self.view_order)
+
+    def set_routine(self, routine: LoadedRoutine) -> None:
+        """Swap the whole component set at once: a request sees the old set or the new one, never a mix."""
+        used = {v for m in routine.components.values() for v in m.views}
+        with self._lock:
+            self.arms = dataclasses.replace(self.arms, routine=routine, champion=next(iter(routine.components.values())),
+                                            views=tuple(v for v in self.view_order if v in used))
 
     def set_rollout_share(self, share: float | None) -> None:
         with self._lock:
@@ -118,6 +128,17 @@ def load_scoring_model(uri: str) -> ScoringModel:
 def load_version(client: MlflowClient, name: str, version: str) -> ScoringModel:
     """One registered version, loaded from its artifact location."""
     return load_scoring_model(client.get_model_version_download_uri(name, version))
+
+
+def _pinned_ungoverned(client: MlflowClient, name: str, version: str) -> str | None:
+    """Why a version pinned by the project file must not be served (None: it may): its blessing and
+    infra validation must be recorded on it (the pin itself is reviewed with the project file)."""
+    tags = client.get_model_version(name, version).tags
+    if tags.get("blessed") != "true":
+        return f"{name} v{version} has no recorded blessing ({tags.get('blessing_reasons') or 'no verdict'})"
+    if tags.get("infra_valid") != "true":
+        return f"{name} v{version} has not passed infra validation ({tags.get('infra_reasons') or 'not run'})"
+    return None
 
 
 def settle_heap(full: bool = False) -> None:
@@ -154,7 +175,7 @@ class RegistryWatcher:
 
     def refresh(self) -> None:
         """One poll: load and swap every arm whose alias points at another governed version than served."""
-        swapped, refused = False, None
+        swapped, refused = self._refresh_routine() if self.project.routine is not None else (False, None)
         for arm in self.arms:
             alias = ARM_ALIASES[arm]
             version = alias_version(self.client, self.model_name, alias)
@@ -184,18 +205,79 @@ class RegistryWatcher:
             settle_heap(full=not self._settled)
             self._settled = True
 
+    def _refresh_routine(self) -> tuple[bool, dict[str, str | None] | None]:
+        """Resolve every component to a governed version and swap the set only when all of them are governed
+        and loaded: one component that is not keeps the last governed set serving, with an alert."""
+        spec = self.project.routine
+        assert spec is not None
+        current, wanted = self.slot.arms.routine, {}
+        for component in spec.components:
+            name, alias, version = self._resolve(component)
+            if version is None:
+                log.warning("routine %s: %s has no %s alias; serving %s", spec.name, name, alias,
+                            current.label if current else "nothing")
+                return False, None
+            why = ungoverned(self.client, name, alias, version) if alias else _pinned_ungoverned(self.client, name,
+                                                                                               version)
+            if why is not None:
+                return False, self._routine_refused(component.name, name, version, why, current)
+            wanted[component.name] = (name, version)
+        if current is not None and current.versions == wanted:
+            return False, None
+        loaded = {}
+        for component, (name, version) in wanted.items():
+            old = current.components.get(component) if current else None
+            try:
+                loaded[component] = old if old and (old.name, old.version) == (name, version) else \
+                    LoadedModel.build(name, version, load_version(self.client, name, version), self.project)
+            except ValueError as exc:
+                return False, self._routine_refused(component, name, version, str(exc), current)
+        try:
+            check_components(spec, {c: m.model for c, m in loaded.items()})
+        except ValueError as exc:
+            return False, self._routine_refused(spec.components[0].name, *wanted[spec.components[0].name], str(exc),
+                                                current)
+        self.slot.set_routine(LoadedRoutine(spec, loaded))
+        for component, model in loaded.items():
+            self.metrics.model_loaded(f"routine:{component}", model.name, model.version, swapped=current is not None)
+        log.info("serving routine %s as %s (was %s)", spec.name, self.slot.arms.routine.label,  # type: ignore[union-attr]
+                 current.label if current else "nothing")
+        return True, None
+
+    def _resolve(self, component: RoutineComponent) -> tuple[str, str | None, str | None]:
+        """(registered model, alias or None for a pinned version, version or None when the alias is missing)."""
+        name = component.model or self.model_name
+        if component.version is not None:
+            return name, None, str(component.version)
+        alias = component.alias or "champion"
+        return name, alias, alias_version(self.client, name, alias)
+
+    def _routine_refused(self, component: str, name: str, version: str, why: str,
+                         current: LoadedRoutine | None) -> dict[str, str | None]:
+        assert self.project.routine is not None
+        refused: dict[str, str | None] = {"arm": "routine", "routine": self.project.routine.name,
+                                          "component": component, "model": name, "version": version,
+                                          "reason": why, "serving": current.label if current else None}
+        self._refuse(refused)
+        return refused
+
     def _refuse(self, refused: dict[str, str | None]) -> None:
-        """Count, log and alert once per (arm, version) however many polls find the alias there."""
-        key = (str(refused["arm"]), str(refused["version"]))
+        """Count, log and alert once per (arm, component, version) however many polls find the alias there."""
+        key = (str(refused["arm"]), str(refused.get("component")), str(refused["version"]))
         if key in self._refused_seen:
             return
         self._refused_seen.add(key)
         self.metrics.version_refused(blocked=True)
-        still = f"still serving v{refused['serving']}" if refused["serving"] else "serving nothing for it"
-        log.error("refusing %s: %s; %s", refused["alias"], refused["reason"], still)
+        if "component" in refused:
+            subject = (f"routine {refused['routine']} cannot serve component {refused['component']} "
+                       f"({refused['model']} v{refused['version']})")
+            still = f"still serving {refused['serving']}" if refused["serving"] else "serving nothing"
+        else:
+            subject = f"{refused['alias']} points at an ungoverned version"
+            still = f"still serving v{refused['serving']}" if refused["serving"] else "serving nothing for it"
+        log.error("refusing %s: %s; %s", subject, refused["reason"], still)
         if self.alert is not None:
-            self.alert("ERROR", f"{refused['alias']} points at an ungoverned version: {refused['reason']}; {still}",
-                       dict(refused))
+            self.alert("ERROR", f"{subject}: {refused['reason']}; {still}", dict(refused))
 
     def _alias_missing(self, arm: str, current: LoadedModel | None) -> None:
         """A vanished challenger ends the experiment; a vanished champion keeps serving the last one."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -20,10 +21,12 @@ from pydantic import BaseModel
 
 from mlops_assets.contract import LOG_FEATURES, LOG_INPUTS, LOG_PREDICTION, PREDICTION_TIME
 from mlops_assets.features.online_store import OnlineStore, PushResult
+from mlops_assets.features.repository import model_features
 from mlops_assets.features.request_features import calendar_values, prediction_time
 from mlops_assets.project.loading import load_project
+from mlops_assets.scoring_model import ScoringModel
 from mlops_assets.serving.alerts import ServingAlerts
-from mlops_assets.serving.answers import clean, explain_one, logged_prediction, outcome
+from mlops_assets.serving.answers import clean, component_prediction, explain_one, logged_prediction, outcome
 from mlops_assets.serving.config import ConfigError, ServingConfig
 from mlops_assets.serving.errors import ClientError
 from mlops_assets.serving.experiment import choose_arm, resolve_split_key, split_key
@@ -31,6 +34,7 @@ from mlops_assets.serving.features import Lookup, OnlineFeatures
 from mlops_assets.serving.metrics import Metrics
 from mlops_assets.serving.models import Arms, LoadedModel, ModelSlot, RegistryWatcher
 from mlops_assets.serving.predlog import LogFull, PredictionLog
+from mlops_assets.serving.routine import LoadedRoutine, preprocess, score
 from mlops_assets.serving.schemas import request_models
 
 
@@ -66,6 +70,7 @@ class Service:
         except ValueError as exc:
             raise ConfigError(f"MLOPS_SERVING_SPLIT_KEY: {exc}") from None
         self.direct = [f for f in self.project.features if f not in self.project.request.calendar]
+        self._check_routine(config)
         self.metrics = Metrics()
         self.slot = ModelSlot(self.project.used_views)
         self.store = OnlineStore(config.online_store)
@@ -77,8 +82,23 @@ class Service:
         client = MlflowClient(tracking_uri=config.tracking_uri, registry_uri=config.effective_registry_uri)
         rollout = self.project.promotion == "rollout"  # a rollout needs the challenger loaded
         arms = ("champion",) if config.experiment == "off" and not rollout else ("champion", "challenger")
+        arms = () if self.project.routine is not None else arms  # the routine's components are its arms
         self.watcher = RegistryWatcher(client, self.project, self.slot, self.metrics, arms, config.poll_seconds,
                                        also=self.features.refresh, alert=self.alerts.send)
+
+    def _check_routine(self, config: ServingConfig) -> None:
+        """A routine answers every request as one unit, from inputs the project provides."""
+        routine = self.project.routine
+        if routine is None:
+            return
+        if config.experiment != "off":
+            raise ConfigError(f"MLOPS_SERVING_EXPERIMENT: {config.experiment!r} needs a champion and a "
+                              f"challenger; routine {routine.name!r} serves its components as one unit (use off)")
+        inputs = model_features(self.project)
+        for i, step in enumerate(routine.pre):
+            if step.field not in inputs:
+                raise ConfigError(f"{config.project_path}: routine.pre.{i}.field: {step.field!r} is not a model "
+                                  f"input of the project; pre steps apply to {inputs[:10]}")
 
     def start(self) -> None:
         """Threads start here; a short GIL switch interval keeps the log writer and registry poller
@@ -114,15 +134,20 @@ class Service:
         """Store pushed events of a source (every worker applies them before its next request)."""
         return self.store.push(self.project, source, events)
 
-    def _refuse_unknown(self, requests: list[dict[str, object]], champion: LoadedModel, single: bool) -> None:
-        """With `unknown_categories: refuse`, a category the champion never saw is a 422 naming it."""
+    def _refuse_unknown(self, requests: list[dict[str, object]], arms: Arms, single: bool) -> None:
+        """With `unknown_categories: refuse`, a category the champion (or a routine component) never saw is a
+        422 naming it."""
         if self.project.request.unknown_categories != "refuse":
             return
         problems = []
+        routine, champion = arms.routine, arms.champion
+        assert champion is not None
+        models = [m.model for m in routine.components.values()] if routine is not None else [champion.model]
         for i, request in enumerate(requests):
-            for name in champion.model.unseen({f: request.get(f) for f in self.direct}):
+            direct = {f: request.get(f) for f in self.direct}
+            for name in dict.fromkeys(n for m in models for n in m.unseen(direct)):
                 where = name if single else f"instances[{i}].{name}"
-                levels = champion.model.categorical_levels[name]
+                levels = next(m.categorical_levels[name] for m in models if name in m.categorical_levels)
                 problems.append({"field": where, "problem": f"unknown value; the model knows {_allowed(levels)}"})
         if problems:
             raise ClientError(422, problems[:20])
@@ -156,11 +181,14 @@ class Service:
         if arms.champion is None:
             raise NotReady
         requests = [i.model_dump(exclude={"explain"}) for i in instances]
-        self._refuse_unknown(requests, arms.champion, single)
+        self._refuse_unknown(requests, arms, single)
         ids = [request_id] if len(instances) == 1 else [f"{request_id}:{i}" for i in range(len(instances))]
         items = self._prepare(instances, requests, ids, arms, single)
         answers: list[dict[str, object]] = [{} for _ in items]
         records: list[dict[str, object]] = []
+        if arms.routine is not None:
+            self._score_routine(arms.routine, items, explain, answers, records)
+            return answers, self._log(records, request_id, endpoint, (time.perf_counter() - started) * 1000)
         for arm in sorted({p.arm for p in items}):
             chosen = [i for i, p in enumerate(items) if p.arm == arm]
             self._score(arms.get(arm), arm, [items[i] for i in chosen], explain, chosen, answers, records)
@@ -193,11 +221,42 @@ class Service:
                                                                self.config.explain_top_k, fields)
         self.metrics.predicted(arm, len(items))
 
-    def _record(self, loaded: LoadedModel, arm: str, item: Prepared, position: int,
-                fields: dict[str, object], missing: list[str]) -> dict[str, object]:
+    def _score_routine(self, routine: LoadedRoutine, items: list[Prepared], explain: bool,
+                       answers: list[dict[str, object]], records: list[dict[str, object]]) -> None:
+        """Score a group through the routine: the combined answer, what each component said (and, explained,
+        each component's own top contributions and the combination's breakdown), one log record each."""
+        spec, parts = routine.spec, routine.components
+        rows = [preprocess(spec.pre, p.row) for p in items]
+        scores = score(spec, {c: m.model for c, m in parts.items()}, rows)
+        lead = next(iter(parts.values()))
+        contributions = {c: _contributions(m.model, rows, scores.scored[c]) if explain else {} for c, m in parts.items()}
+        for j, item in enumerate(items):
+            fields = outcome(lead.model, scores.combined[j], self.project.threshold)
+            components = {c: {"model": m.name, "version": m.version,
+                              "prediction": component_prediction(m.model, scores.outputs[c][j])} for c, m in parts.items()}
+            missing = [*item.lookup.missing, *(f for f in self.direct if rows[j].get(f) is None),
+                       *dict.fromkeys(u for m in parts.values() for u in m.model.unseen(rows[j]))]
+            read = dict.fromkeys(f for m in parts.values() for f in m.model.features)
+            scored_item = Prepared(item.inputs, rows[j], item.lookup, item.prediction_time, "routine")
+            record = self._record(lead, "routine", scored_item, j, fields, missing, read)
+            records.append({**record, "model_name": spec.name, "model_version": routine.label, "routine": spec.name,
+                            "components": components})
+            answers[j] = {**fields, "model": {"name": spec.name, "version": routine.label}, "arm": "routine",
+                          "routine": spec.name, "components": components,
+                          "prediction_time": item.prediction_time.isoformat(),
+                          "feature_freshness": item.lookup.freshness, "missing_features": missing}
+            if explain:
+                answers[j]["explanation"] = {"routine": scores.breakdown[j], "components": {
+                    c: explain_one(m.model, contributions[c][j], rows[j], self.config.explain_top_k,
+                                   outcome(m.model, scores.outputs[c][j], self.project.threshold))  # type: ignore[arg-type]
+                    for c, m in parts.items() if j in contributions[c]}}
+        self.metrics.predicted("routine", len(items), routine.label)
+
+    def _record(self, loaded: LoadedModel, arm: str, item: Prepared, position: int, fields: dict[str, object],
+                missing: list[str], features: Iterable[str] | None = None) -> dict[str, object]:
         return {"instance": position, "status": 200, "arm": arm, "model_name": loaded.name,
                 "model_version": loaded.version, LOG_INPUTS: item.inputs,
-                LOG_FEATURES: {f: clean(_plain(item.row.get(f))) for f in loaded.model.features},
+                LOG_FEATURES: {f: clean(_plain(item.row.get(f))) for f in features or loaded.model.features},
                 PREDICTION_TIME: item.prediction_time.isoformat(), **fields,
                 LOG_PREDICTION: logged_prediction(fields), "feature_freshness": item.lookup.freshness,
                 "missing_features": missing}
@@ -218,6 +277,13 @@ class Service:
         return self._log([{"status": status, "arm": None,
                            "error": detail if isinstance(detail, str) else json.dumps(detail)}],
                          request_id, endpoint, (time.perf_counter() - started) * 1000)
+
+
+def _contributions(model: ScoringModel, rows: list[dict[str, object]], which: list[int]) -> dict[int, np.ndarray]:
+    """TreeSHAP of the rows a routine component scored, by row position."""
+    if not which:
+        return {}
+    return dict(zip(which, model.contributions_matrix(model.matrix([rows[i] for i in which])), strict=True))
 
 
 def _plain(value: object) -> object:
