@@ -8,6 +8,7 @@ from pathlib import Path
 import dagster as dg
 import polars as pl
 
+from mlops_assets.alerts import AlertSink
 from mlops_assets.features.assets import feature_assets
 from mlops_assets.features.online_store import OnlineStore
 from mlops_assets.ingestion.assets import ingestion_assets
@@ -22,7 +23,8 @@ PROJECT = load_project(PROJECTS_DIR / "weather")
 def _resources(root: Path) -> dict:
     return {"lake": LakeResource(state_dir=str(root), data_dir=str(DATA_DIR)),
             "project": ProjectResource(path=str(PROJECT.path)),
-            "online": OnlineStoreResource(path=str(root / "online.db"))}
+            "online": OnlineStoreResource(path=str(root / "online.db")),
+            "alerts": AlertSink(path=str(root / "alerts.jsonl"), webhook_url="")}
 
 
 def test_pushed_events_are_appended_to_the_offline_store_once(tmp_path: Path) -> None:
