@@ -204,7 +204,7 @@ def hot_swaps(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         done.set()
         thread.join()
         swapped = fetch(f"http://{HOST}:{port}/metrics")[1].decode()
-    count = next(int(line.split()[-1]) for line in swapped.splitlines() if line.startswith("mlops_serving_hot_swaps_total"))
+    count = next(int(float(line.split()[-1])) for line in swapped.splitlines() if line.startswith("mlops_serving_hot_swaps_total"))
     ratio = during["p99_ms"] / steady["p99_ms"]
     print(f"  steady {steady}; during {count} swaps {during}", flush=True)
     return {"steady": steady, "during_swaps": during, "swaps": count, "p99_ratio": round(ratio, 2),
