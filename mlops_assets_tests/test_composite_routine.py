@@ -14,10 +14,12 @@ from fastapi.testclient import TestClient
 
 from mlops_assets.features.repository import view_feature_names
 from mlops_assets.project.loading import ProjectError, load_project
+from mlops_assets.project.spec import RoutineSpec
 from mlops_assets.scoring_model import ScoringModel
 from mlops_assets.serving.app import create_app
 from mlops_assets.serving.config import ConfigError
 from mlops_assets.serving.predlog import read_prediction_log
+from mlops_assets.serving.routine import preprocess, score
 from mlops_assets.serving.service import Service
 from mlops_assets_tests.serving_fixtures import (
     FLIGHTS,
@@ -211,3 +213,36 @@ def test_a_routine_refuses_experiments_and_unknown_pre_inputs(flights: Platform,
     bad = routine_project(tmp_path / "pre", {**MEAN, "pre": [{"field": "wingspan", "fill": 0}]})
     with pytest.raises(ConfigError, match=r"routine.pre.0.field: 'wingspan' is not a model input"):
         Service(flights.config(tmp_path / "pre", project_path=bad))
+
+
+def test_a_gate_else_component_scores_only_the_rows_the_gate_stops(flights: Platform, small: dict) -> None:
+    rows = flights.served().slice(0, 50).to_dicts()
+    for row in rows[:5]:
+        row["wind_gust"] = None
+    models = {"screen": small["1"], "main": flights.models["1"], "fallback": small["2"]}
+    spec = RoutineSpec.model_validate({
+        "name": "cascade", "combine": "gate", "components": [{"name": n} for n in models],
+        "gate": {"component": "screen", "above": 0.25, "then": "main", "else": "fallback"},
+        "pre": [{"field": "wind_gust", "fill": 7.5}]})
+    prepared = [preprocess(spec.pre, r) for r in rows]
+    assert [p["wind_gust"] for p in prepared[:5]] == [7.5] * 5
+    scores = score(spec, models, prepared)
+    through = {i for i, o in enumerate(scores.outputs["screen"]) if float(o) > 0.25}  # type: ignore[arg-type]
+    assert 0 < len(through) < len(rows)
+    assert scores.scored["main"] == sorted(through)
+    assert scores.scored["fallback"] == sorted(set(range(len(rows))) - through)
+    for i, combined in enumerate(scores.combined):
+        answered = "main" if i in through else "fallback"
+        assert float(combined) == own(models[answered], prepared[i])
+        assert scores.breakdown[i]["answered_by"] == answered
+
+
+def test_a_pre_step_that_does_not_fit_a_component_is_refused_like_an_ungoverned_version(
+        flights: Platform, tmp_path: Path) -> None:
+    clip_category = {**MEAN, "pre": [{"field": "carrier", "clip": [0, 1]}]}
+    config = flights.config(tmp_path, project_path=routine_project(tmp_path, clip_category))
+    with TestClient(create_app(config)) as client:
+        assert client.post("/v1/predict", json=flights.requests(1)[0]).status_code == 503
+        governance = client.get("/health").json()["governance"]
+        assert governance["routine"] == "blend" and governance["serving"] is None
+        assert "reads it as a category; only numbers can be clipped" in governance["reason"]
