@@ -50,6 +50,8 @@ RUN_CONFIG_ENV = {"MLOPS_MLFLOW_TRACKING_URI": "http://mlflow.mlops.svc:5000", "
 LAUNCH_OPS = {
     "approve_model": {"approve_version": {"config": {"version": "3", "reason": "review", "approver": "ops"}}},
     "rollback_champion": {"rollback_to_previous": {"config": {"reason": "incident", "requested_by": "ops"}}},
+    "request_changes": {"request_version_changes": {"config": {"version": "3", "reason": "slice too weak",
+                                                               "reviewer": "ops"}}},
 }
 KUBECONFIG = """\
 apiVersion: v1
