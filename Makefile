@@ -24,7 +24,7 @@ test: $(BIN)/.installed lint
 	$(BIN)/pytest
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check mlops_assets mlops_assets_tests benchmarks projects
+	$(BIN)/ruff check mlops_assets mlops_assets_tests benchmarks projects notebooks
 	$(BIN)/lint-imports
 
 ui: $(BIN)/.installed
