@@ -11,6 +11,7 @@ registered model imports this module only, never the trainer's.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -78,18 +79,17 @@ class ScoringModel:
 
     def matrix(self, rows: Sequence[Mapping[str, object]]) -> np.ndarray:
         """Float64 inputs in feature order: categories as level codes (unseen -> NaN), numbers as floats,
-        an absent key or None as a missing value (NaN)."""
-        out = np.full((len(rows), len(self.features)), np.nan, dtype=np.float64)
-        plan = [(j, name, self._codes.get(name)) for j, name in enumerate(self.features)]
-        for i, row in enumerate(rows):
-            for j, name, codes in plan:
-                value = row.get(name)
-                if value is None:
-                    continue
-                if codes is None:
-                    out[i, j] = float(value)  # type: ignore[arg-type]
-                elif isinstance(value, str) and value in codes:
-                    out[i, j] = codes[value]
+        an absent key or None as a missing value (NaN). Built a column at a time (one comprehension per
+        feature, not a Python step per cell): serving's batch path."""
+        out = np.empty((len(rows), len(self.features)), dtype=np.float64)
+        nan = math.nan
+        for j, name in enumerate(self.features):
+            column = [row.get(name) for row in rows]
+            codes = self._codes.get(name)
+            if codes is None:
+                out[:, j] = [nan if v is None else float(v) for v in column]  # type: ignore[arg-type]
+            else:
+                out[:, j] = [codes.get(v, nan) if isinstance(v, str) else nan for v in column]
         return out
 
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:

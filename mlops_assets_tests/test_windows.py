@@ -168,6 +168,17 @@ def check_all(events: pl.DataFrame, queries: pl.DataFrame, keys: tuple[str, ...]
             assert_same(q[a.name], expected, f"offline {a.name} row {i} {key} {q['t']}")
             if online is not None:
                 assert_same(online[a.name], expected, f"online {a.name} row {i} {key} {q['t']}")
+    assert_batch_equals_single(store, [(tuple(q[k] for k in keys), q["t"]) for q in queries.iter_rows(named=True)
+                                       if q["t"] is not None])
+
+
+def assert_batch_equals_single(store: OnlineWindows, queries: list[tuple[tuple, datetime]]) -> None:
+    """The batch path (serving's) gives, to the bit, what `compute` gives per query (NaN where it gives NaN)."""
+    batch = store.compute_many([k for k, _ in queries], [t for _, t in queries])
+    for (key, t), got in zip(queries, batch, strict=True):
+        one = store.compute(key, t)
+        assert (got.latest_known_at, got.complete) == (one.latest_known_at, one.complete), f"{key} {t}"
+        assert repr(got.values) == repr(one.values), f"batch {key} {t}: {got.values} != {one.values}"
 
 
 # ---------------------------------------------------------------------------------------- tests
@@ -338,7 +349,7 @@ def test_non_finite_values_stay_inside_their_windows() -> None:
     values = [1.0, math.nan, 2.0, math.inf, 3.0, -math.inf, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0]
     events = event_frame([{"id": i, "k": "a", "ts": T0 + 10 * MIN * i, "v": v} for i, v in enumerate(values)])
     aggregations = (Aggregation("s", "sum", "v", 15 * MIN), Aggregation("s2", "sum", "v", 35 * MIN),
-                    Aggregation("m", "max", "v", 15 * MIN))
+                    Aggregation("m", "max", "v", 15 * MIN), Aggregation("mean", "mean", "v", 25 * MIN))
     queries = pl.DataFrame({"k": ["a"] * len(values), "t": events["ts"]})
     out = aggregate_at(events, KEYS, "ts", aggregations, queries, "t")
     s = out["s"].to_list()
@@ -348,8 +359,9 @@ def test_non_finite_values_stay_inside_their_windows() -> None:
     store = online_store(events, KEYS, aggregations)
     for row in out.iter_rows(named=True):
         online = store.compute(("a",), row["t"]).values
-        for name in ("s", "s2", "m"):
+        for name in ("s", "s2", "m", "mean"):
             assert_same(online[name], row[name], name)
+    assert_batch_equals_single(store, [(("a",), t) for t in out["t"]])
 
 
 def test_many_groups_and_long_time_spans_use_the_safe_code_paths() -> None:

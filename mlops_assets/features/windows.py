@@ -91,6 +91,16 @@ class WindowResult:
 
 
 @dataclass(frozen=True)
+class WindowColumns:
+    """`compute` of a batch: per aggregation one value per query, and per query the latest event's
+    known_at (epoch µs; None: no event in the longest window) and whether the history is complete."""
+
+    values: dict[str, list[object]]
+    latest_known_at_us: list[int | None]
+    complete: list[bool]
+
+
+@dataclass(frozen=True)
 class _Compiled:
     """An aggregation resolved to channel indices (-1 = unused) and its window's index."""
 
@@ -259,12 +269,12 @@ class _Channels:
         return flag & (value == (math.inf if kind == "+inf" else -math.inf))
 
 
-def _epoch_us(t: datetime) -> int:
+def epoch_us(t: datetime) -> int:
     """Exact integer microseconds since the epoch; a naive datetime is taken as UTC, like polars."""
     return ((t if t.tzinfo is not None else t.replace(tzinfo=UTC)) - EPOCH) // MICROSECOND
 
 
-def _from_epoch_us(us: int) -> datetime:
+def _fromepoch_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
@@ -539,7 +549,7 @@ class OnlineWindows:
         self._plan = _Plan(tuple(aggregations))
         self._offsets = np.array([0, *self._plan.windows_us], dtype=np.int64)
         self._readers = [(c.name, _reader(c)) for c in self._plan.compiled]
-        self._horizon_us = None if horizon is None else _epoch_us(horizon)
+        self._horizon_us = None if horizon is None else epoch_us(horizon)
         self._histories: dict[tuple, _History] = {}
         self._seen: set[object] = set()
         extra = [] if event_id is None else [pl.col(event_id).alias(_ID)]
@@ -550,7 +560,7 @@ class OnlineWindows:
     @property
     def horizon(self) -> datetime | None:
         """The earliest time from which history is complete; None = complete since the beginning."""
-        return None if self._horizon_us is None else _from_epoch_us(self._horizon_us)
+        return None if self._horizon_us is None else _fromepoch_us(self._horizon_us)
 
     def __len__(self) -> int:
         return sum(h.n for h in self._histories.values())
@@ -602,14 +612,14 @@ class OnlineWindows:
 
     def trim(self, before: datetime) -> int:
         """Forget events known before `before` and move the horizon there; returns how many went."""
-        t_us = _epoch_us(before)
+        t_us = epoch_us(before)
         dropped = sum(h.drop_before(t_us) for h in self._histories.values())
         self._horizon_us = t_us if self._horizon_us is None else max(self._horizon_us, t_us)
         return dropped
 
     def compute(self, key: tuple, t: datetime) -> WindowResult:
         """Values of every aggregation for key at time t, equal to aggregate_at on the same events."""
-        t_us = _epoch_us(t)
+        t_us = epoch_us(t)
         complete = self._horizon_us is None or t_us - self._plan.max_window_us >= self._horizon_us
         history = self._histories.get(key if isinstance(key, tuple) else (key,))
         if history is None or history.n == 0:
@@ -622,12 +632,46 @@ class OnlineWindows:
         at = history.sums[:, bounds]
         sums, lows = (at[:, :1] - at[:, 1:]).tolist(), bounds.tolist()
         values = {name: read(sums, history, lows) for name, read in self._readers}
-        return WindowResult(values, _from_epoch_us(int(history.ts[hi - 1])), complete)
+        return WindowResult(values, _fromepoch_us(int(history.ts[hi - 1])), complete)
 
     def compute_many(self, keys: list[tuple], times: list[datetime]) -> list[WindowResult]:
+        """`compute` of each (key, t), evaluated as one batch (`compute_columns`)."""
         if len(keys) != len(times):
             raise ValueError(f"compute_many got {len(keys)} keys but {len(times)} times")
-        return [self.compute(key, t) for key, t in zip(keys, times, strict=True)]
+        batch = self.compute_columns(keys, [epoch_us(t) for t in times])
+        names = list(batch.values)
+        return [WindowResult(dict(zip(names, row, strict=True)), None if us is None else _fromepoch_us(us), done)
+                for row, us, done in zip(zip(*batch.values.values(), strict=True), batch.latest_known_at_us,
+                                         batch.complete, strict=True)]
+
+    def compute_columns(self, keys: Sequence[tuple], t_us: Sequence[int]) -> WindowColumns:
+        """`compute` for a batch of (key, epoch-µs time) at once, the same values to the bit: one searchsorted
+        and one gather per query, then every aggregation as numpy over the whole batch (min, max and last
+        still scan per query). Serving's batch path: per query it costs a few µs instead of ~30."""
+        n, plan = len(keys), self._plan
+        horizon = self._horizon_us
+        complete = [True] * n if horizon is None else [t - plan.max_window_us >= horizon for t in t_us]
+        values = {name: [empty] * n for name, empty in self._empty.items()}
+        latest: list[int | None] = [None] * n
+        hits: list[tuple[int, _History, np.ndarray]] = []
+        for i, (key, t) in enumerate(zip(keys, t_us, strict=True)):
+            history = self._histories.get(key if isinstance(key, tuple) else (key,))
+            if history is None or history.n == 0:
+                continue
+            history.refresh()
+            bounds = history.ts[:history.n].searchsorted(t - self._offsets, side="right")
+            if bounds[0]:
+                hits.append((i, history, bounds))
+                latest[i] = int(history.ts[bounds[0] - 1])
+        if hits:
+            at = np.stack([history.sums[:, bounds] for _, history, bounds in hits])
+            sums = at[:, :, :1] - at[:, :, 1:]
+            rows = [i for i, _, _ in hits]
+            for c in plan.compiled:
+                column = values[c.name]
+                for i, value in zip(rows, _batch_read(c, sums, hits), strict=True):
+                    column[i] = value
+        return WindowColumns(values, latest, complete)
 
 
 def _rows_by_key(raw: pl.DataFrame, keys: Sequence[str], ts: np.ndarray) -> dict[tuple, np.ndarray]:
@@ -658,6 +702,33 @@ def _reader(c: _Compiled) -> Reader:
     return lambda sums, h, b: float(h.ext[extreme, b[lo]:b[0]].max()) if sums[flag][w] > 0 else None
 
 
+def _batch_read(c: _Compiled, sums: np.ndarray, hits: list[tuple[int, _History, np.ndarray]]) -> list[object]:
+    """The vector twin of `_reader(c)` over a batch: `sums[q, channel, window]` are the window sums of
+    query q; the arithmetic is the scalar readers' (IEEE doubles either way), so values are identical."""
+    w, flag = c.window, c.flag
+    count = sums[:, flag, w]
+    if c.function == "count":
+        return count.tolist()
+    ok = (count > 0).tolist()
+    if c.function in ("min", "max"):
+        extreme, lo = c.extreme, 1 + w
+        pick = np.min if c.function == "min" else np.max
+        return [float(pick(history.ext[extreme, bounds[lo]:bounds[0]])) if good else None
+                for good, (_, history, bounds) in zip(ok, hits, strict=True)]
+    if c.function == "last":
+        return [_last_value(c, history, int(bounds[0])) if good else None
+                for good, (_, history, bounds) in zip(ok, hits, strict=True)]
+    total = sums[:, c.value, w]
+    if c.function == "share":
+        result = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
+    else:
+        if c.nonfinite[0] >= 0:
+            nan, pos, neg = (sums[:, ch, w] > 0 for ch in c.nonfinite)
+            total = np.select([nan | (pos & neg), pos, neg], [math.nan, math.inf, -math.inf], total)
+        result = np.divide(total, count, out=np.zeros_like(total), where=count > 0) if c.function == "mean" else total
+    return [value if good else None for value, good in zip(result.tolist(), ok, strict=True)]
+
+
 def _sum_reader(c: _Compiled) -> Reader:
     w, flag, value, nonfinite, mean = c.window, c.flag, c.value, c.nonfinite, c.function == "mean"
 
@@ -674,15 +745,18 @@ def _sum_reader(c: _Compiled) -> Reader:
 
 
 def _last_reader(c: _Compiled) -> Reader:
-    w, flag, last = c.window, c.flag, c.last
+    w, flag = c.window, c.flag
 
     def read(sums: list[list[float]], history: _History, bounds: list[int]) -> object:
-        if sums[flag][w] <= 0:
-            return None
-        prefix = history.sums[flag, :history.n + 1]
-        return history.last[last, int(prefix.searchsorted(prefix[bounds[0]], side="left")) - 1]
+        return _last_value(c, history, bounds[0]) if sums[flag][w] > 0 else None
 
     return read
+
+
+def _last_value(c: _Compiled, history: _History, upper: int) -> object:
+    """The latest flagged event before `upper`: where the flag's prefix sum last rose."""
+    prefix = history.sums[c.flag, :history.n + 1]
+    return history.last[c.last, int(prefix.searchsorted(prefix[upper], side="left")) - 1]
 
 
 def _ieee_total(finite: float, nan: bool, pos: bool, neg: bool) -> float:

@@ -21,7 +21,7 @@ import polars as pl
 
 from mlops_assets.features.online_store import EVENT_ID, OnlineStore
 from mlops_assets.features.repository import is_static, view_aggregations, view_feature_names, view_keys
-from mlops_assets.features.windows import OnlineWindows
+from mlops_assets.features.windows import OnlineWindows, epoch_us
 from mlops_assets.project.spec import Project
 
 log = logging.getLogger(__name__)
@@ -63,22 +63,30 @@ class ViewState:
         for row in frame.select(*self.keys, *self.names).iter_rows(named=True):
             self.rows[tuple(row[k] for k in self.keys)] = {n: row[n] for n in self.names}
 
-    def lookup(self, key: tuple, t: datetime) -> tuple[dict[str, object] | None, float | None, bool]:
-        """(values or None when missing, freshness in seconds, whether anything is known for the key)."""
+    def lookup_batch(self, keys: Sequence[tuple], t_us: Sequence[int]) -> list[tuple[dict[str, object] | None, float | None, bool]]:
+        """Per query (values or None when missing, freshness in seconds, whether anything is known for the key);
+        a windowed view answers the whole batch in one `compute_columns`."""
         if not self.loaded:
-            return None, None, False
-        if any(part is None for part in key):  # as offline: an empty window (count 0, the rest null)
-            empty = self.windows.compute(key, t).values if self.windows is not None else None
-            return empty, None, False
+            return [(None, None, False)] * len(keys)
         if self.windows is None:
-            values = self.rows.get(key)
-            return values, None, values is not None
-        result = self.windows.compute(key, t)
-        if not result.complete:
-            return None, None, False
-        if result.latest_known_at is None:
-            return result.values, None, False
-        return result.values, max(0.0, (t - result.latest_known_at).total_seconds()), True
+            found = [self.rows.get(key) if None not in key else None for key in keys]
+            return [(values, None, values is not None) for values in found]
+        batch = self.windows.compute_columns(keys, t_us)
+        names = list(batch.values)
+        out: list[tuple[dict[str, object] | None, float | None, bool]] = []
+        rows = zip(*batch.values.values(), strict=True)
+        for key, us, row, complete, latest in zip(keys, t_us, rows, batch.complete, batch.latest_known_at_us,
+                                                  strict=True):
+            values = dict(zip(names, row, strict=True))
+            if None in key:  # as offline: an empty window (count 0, the rest null)
+                out.append((values, None, False))
+            elif not complete:
+                out.append((None, None, False))
+            elif latest is None:
+                out.append((values, None, False))
+            else:
+                out.append((values, max(0.0, (us - latest) / 1e6), True))
+        return out
 
 
 @dataclass
@@ -125,23 +133,25 @@ class OnlineFeatures:
 
     def lookup_many(self, views: Sequence[str], requests: Sequence[Mapping[str, object]],
                     times: Sequence[datetime]) -> list[Lookup]:
-        """Apply the pushes since the last call, then each request's views at its prediction time."""
+        """Apply the pushes since the last call, then every view for the whole batch at the requests' times."""
         snapshot = self.snapshot
+        t_us = [epoch_us(t) for t in times]
         with snapshot.lock:
             self._sync(snapshot)
-            return [self._lookup(snapshot, views, request, t) for request, t in zip(requests, times, strict=True)]
-
-    def _lookup(self, snapshot: Snapshot, views: Sequence[str], request: Mapping[str, object],
-                t: datetime) -> Lookup:
-        features: dict[str, object] = {}
-        freshness: dict[str, float | None] = {}
-        missing: list[str] = []
-        for name in views:
-            state = snapshot.views[name]
-            values, age, known = state.lookup(tuple(request.get(k) for k in state.keys), t)
-            if values is not None:
-                features.update(values)
-            if not known:
-                missing.append(name)
-            freshness[name] = age
-        return Lookup(features, freshness, missing)
+            answers = {name: snapshot.views[name].lookup_batch(
+                [tuple(r.get(k) for k in snapshot.views[name].keys) for r in requests], t_us)
+                for name in views}
+        lookups = []
+        for i in range(len(requests)):
+            features: dict[str, object] = {}
+            freshness: dict[str, float | None] = {}
+            missing: list[str] = []
+            for name, answer in answers.items():
+                values, age, known = answer[i]
+                if values is not None:
+                    features.update(values)
+                if not known:
+                    missing.append(name)
+                freshness[name] = age
+            lookups.append(Lookup(features, freshness, missing))
+        return lookups

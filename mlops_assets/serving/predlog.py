@@ -18,7 +18,6 @@ writer's file.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import threading
@@ -33,6 +32,8 @@ from datetime import date as Date
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
+import orjson
 import polars as pl
 
 from mlops_assets.serving.partfiles import Part, fsync_dir, write_all
@@ -40,9 +41,18 @@ from mlops_assets.serving.partfiles import Part, fsync_dir, write_all
 log = logging.getLogger(__name__)
 DRAIN_MAX = 5_000
 LOG_FOLDER = "prediction_log"
-COMPACT = (",", ":")
 RETRY_FIRST, RETRY_MAX = 0.05, 2.0
 AckMode = Literal["fsync", "queued"]
+
+
+def _fallback(value: object) -> object:
+    """What orjson does not write itself: numpy scalars as numbers, anything else as its text."""
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
+def encode_record(record: dict[str, object]) -> bytes:
+    """One JSON line (orjson: a few µs per record; NaN and infinities become null)."""
+    return orjson.dumps(record, default=_fallback, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
 
 
 class LogFull(Exception):
@@ -97,8 +107,7 @@ class PredictionLog:
     def submit(self, records: list[dict[str, object]]) -> Future[bool]:
         """Queue a request's records; the future turns True once they are durable, False if the disk
         is failing now (they stay queued and are written later). LogFull when the backlog is at its bound."""
-        lines = [(str(r["timestamp"])[:10], (json.dumps(r, default=str, separators=COMPACT) + "\n").encode())
-                 for r in records]
+        lines = [(str(r["timestamp"])[:10], encode_record(r)) for r in records]
         future: Future[bool] = Future()
         with self._cond:
             if self._backlog >= self.limit:

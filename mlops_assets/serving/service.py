@@ -26,7 +26,7 @@ from mlops_assets.features.request_features import calendar_values, prediction_t
 from mlops_assets.project.loading import load_project
 from mlops_assets.scoring_model import ScoringModel
 from mlops_assets.serving.alerts import ServingAlerts
-from mlops_assets.serving.answers import clean, component_prediction, explain_one, logged_prediction, outcome
+from mlops_assets.serving.answers import component_prediction, explain_one, logged_prediction, outcome
 from mlops_assets.serving.config import ConfigError, ServingConfig
 from mlops_assets.serving.errors import ClientError
 from mlops_assets.serving.experiment import choose_arm, resolve_split_key, split_key
@@ -254,9 +254,11 @@ class Service:
 
     def _record(self, loaded: LoadedModel, arm: str, item: Prepared, position: int, fields: dict[str, object],
                 missing: list[str], features: Iterable[str] | None = None) -> dict[str, object]:
+        """One instance's log record; NaN and numpy values are the log encoder's to write (as null, numbers)."""
+        names = list(features or loaded.model.features)
         return {"instance": position, "status": 200, "arm": arm, "model_name": loaded.name,
                 "model_version": loaded.version, LOG_INPUTS: item.inputs,
-                LOG_FEATURES: {f: clean(_plain(item.row.get(f))) for f in features or loaded.model.features},
+                LOG_FEATURES: dict(zip(names, map(item.row.get, names), strict=True)),
                 PREDICTION_TIME: item.prediction_time.isoformat(), **fields,
                 LOG_PREDICTION: logged_prediction(fields), "feature_freshness": item.lookup.freshness,
                 "missing_features": missing}
@@ -285,7 +287,3 @@ def _contributions(model: ScoringModel, rows: list[dict[str, object]], which: li
         return {}
     return dict(zip(which, model.contributions_matrix(model.matrix([rows[i] for i in which])), strict=True))
 
-
-def _plain(value: object) -> object:
-    """numpy scalars (from view values) as Python numbers for the JSON log."""
-    return value.item() if isinstance(value, np.generic) else value
