@@ -147,9 +147,13 @@ def random_queries(rng: random.Random, events: list[dict], n: int) -> pl.DataFra
 
 def online_store(frame: pl.DataFrame, keys: tuple[str, ...], aggregations: tuple[Aggregation, ...],
                  batch: int = 7) -> OnlineWindows:
+    """Pushed in batches, packed halfway: keys pushed after that are read per key by the batch path."""
     store = OnlineWindows(keys, "ts", aggregations, event_id="id")
-    for offset in range(0, frame.height, batch):
+    offsets = list(range(0, frame.height, batch))
+    for offset in offsets:
         store.push(frame.slice(offset, batch))
+        if offset == offsets[len(offsets) // 2]:
+            store.pack()
     return store
 
 
@@ -174,11 +178,13 @@ def check_all(events: pl.DataFrame, queries: pl.DataFrame, keys: tuple[str, ...]
 
 def assert_batch_equals_single(store: OnlineWindows, queries: list[tuple[tuple, datetime]]) -> None:
     """The batch path (serving's) gives, to the bit, what `compute` gives per query (NaN where it gives NaN)."""
-    batch = store.compute_many([k for k, _ in queries], [t for _, t in queries])
-    for (key, t), got in zip(queries, batch, strict=True):
-        one = store.compute(key, t)
-        assert (got.latest_known_at, got.complete) == (one.latest_known_at, one.complete), f"{key} {t}"
-        assert repr(got.values) == repr(one.values), f"batch {key} {t}: {got.values} != {one.values}"
+    for _ in ("keys pushed since the pack read per key", "all packed"):
+        batch = store.compute_many([k for k, _ in queries], [t for _, t in queries])
+        for (key, t), got in zip(queries, batch, strict=True):
+            one = store.compute(key, t)
+            assert (got.latest_known_at, got.complete) == (one.latest_known_at, one.complete), f"{key} {t}"
+            assert repr(got.values) == repr(one.values), f"batch {key} {t}: {got.values} != {one.values}"
+        store.pack()
 
 
 # ---------------------------------------------------------------------------------------- tests

@@ -274,7 +274,7 @@ def epoch_us(t: datetime) -> int:
     return ((t if t.tzinfo is not None else t.replace(tzinfo=UTC)) - EPOCH) // MICROSECOND
 
 
-def _fromepoch_us(us: int) -> datetime:
+def _from_epoch_us(us: int) -> datetime:
     return EPOCH + timedelta(microseconds=us)
 
 
@@ -556,11 +556,13 @@ class OnlineWindows:
         self._exprs = _input_exprs(self._plan, self._keys, known_at, extra)
         self._checked: tuple | None = None
         self._empty = self._plan.empty_values()
+        self._packed: _Packed | None = None
+        self._dirty: set[tuple] = set()
 
     @property
     def horizon(self) -> datetime | None:
         """The earliest time from which history is complete; None = complete since the beginning."""
-        return None if self._horizon_us is None else _fromepoch_us(self._horizon_us)
+        return None if self._horizon_us is None else _from_epoch_us(self._horizon_us)
 
     def __len__(self) -> int:
         return sum(h.n for h in self._histories.values())
@@ -586,6 +588,7 @@ class OnlineWindows:
                 history = self._histories[key] = _History(len(plan.channels), len(plan.extremes), len(plan.lasts))
             history.insert(ch.t[rows], ch.chan[:, rows], ch.ext[:, rows], last[:, rows])
             history.refresh()
+            self._dirty.add(key)
         return raw.height
 
     def _check(self, events: pl.DataFrame) -> None:
@@ -614,6 +617,7 @@ class OnlineWindows:
         """Forget events known before `before` and move the horizon there; returns how many went."""
         t_us = epoch_us(before)
         dropped = sum(h.drop_before(t_us) for h in self._histories.values())
+        self._packed = None
         self._horizon_us = t_us if self._horizon_us is None else max(self._horizon_us, t_us)
         return dropped
 
@@ -632,7 +636,7 @@ class OnlineWindows:
         at = history.sums[:, bounds]
         sums, lows = (at[:, :1] - at[:, 1:]).tolist(), bounds.tolist()
         values = {name: read(sums, history, lows) for name, read in self._readers}
-        return WindowResult(values, _fromepoch_us(int(history.ts[hi - 1])), complete)
+        return WindowResult(values, _from_epoch_us(int(history.ts[hi - 1])), complete)
 
     def compute_many(self, keys: list[tuple], times: list[datetime]) -> list[WindowResult]:
         """`compute` of each (key, t), evaluated as one batch (`compute_columns`)."""
@@ -640,38 +644,155 @@ class OnlineWindows:
             raise ValueError(f"compute_many got {len(keys)} keys but {len(times)} times")
         batch = self.compute_columns(keys, [epoch_us(t) for t in times])
         names = list(batch.values)
-        return [WindowResult(dict(zip(names, row, strict=True)), None if us is None else _fromepoch_us(us), done)
+        return [WindowResult(dict(zip(names, row, strict=True)), None if us is None else _from_epoch_us(us), done)
                 for row, us, done in zip(zip(*batch.values.values(), strict=True), batch.latest_known_at_us,
                                          batch.complete, strict=True)]
 
+    def pack(self) -> None:
+        """Lay every key's history side by side (`_Packed`): later batches read it with a few numpy calls
+        per view. Serving packs on load; keys pushed since are read per key until the next repack."""
+        self._packed = _Packed(self._histories, self._plan)
+        self._dirty = set()
+
     def compute_columns(self, keys: Sequence[tuple], t_us: Sequence[int]) -> WindowColumns:
-        """`compute` for a batch of (key, epoch-µs time) at once, the same values to the bit: one searchsorted
-        and one gather per query, then every aggregation as numpy over the whole batch (min, max and last
-        still scan per query). Serving's batch path: per query it costs a few µs instead of ~30."""
+        """`compute` for a batch of (key, epoch-µs time) at once, the same values to the bit. Keys unchanged
+        since the last `pack` are answered from the packed histories in one vectorised pass; keys pushed
+        since, per key (one searchsorted and gather each), with every aggregation then vectorised too.
+        Repacks when more than REPACK_SHARE of the keys (at least REPACK_MIN) changed."""
         n, plan = len(keys), self._plan
+        keys = [key if isinstance(key, tuple) else (key,) for key in keys]
+        if self._packed is None or len(self._dirty) > max(REPACK_MIN, REPACK_SHARE * len(self._histories)):
+            self.pack()
         horizon = self._horizon_us
         complete = [True] * n if horizon is None else [t - plan.max_window_us >= horizon for t in t_us]
         values = {name: [empty] * n for name, empty in self._empty.items()}
         latest: list[int | None] = [None] * n
+        dirty = self._dirty
+        changed = [i for i, key in enumerate(keys) if key in dirty] if dirty else []
+        packed = [i for i in range(n) if keys[i] not in dirty] if changed else list(range(n))
+        assert self._packed is not None
+        for rows, read in ((packed, self._packed.read), (changed, self._read_per_key)):
+            found, found_latest, columns = read(plan, [keys[i] for i in rows], [t_us[i] for i in rows],
+                                                self._offsets) if rows else ([], [], {})
+            if found:
+                for c in plan.compiled:
+                    column = values[c.name]
+                    for q, value in zip(found, columns[c.name], strict=True):
+                        column[rows[q]] = value
+                for q, us in zip(found, found_latest, strict=True):
+                    latest[rows[q]] = us
+        return WindowColumns(values, latest, complete)
+
+    def _read_per_key(self, plan: _Plan, keys: list[tuple], t_us: list[int],
+                      offsets: np.ndarray) -> tuple[list[int], list[int], dict[str, list[object]]]:
+        """(queries with an event in the longest window, their latest known_at, each aggregation's values)."""
         hits: list[tuple[int, _History, np.ndarray]] = []
         for i, (key, t) in enumerate(zip(keys, t_us, strict=True)):
-            history = self._histories.get(key if isinstance(key, tuple) else (key,))
+            history = self._histories.get(key)
             if history is None or history.n == 0:
                 continue
             history.refresh()
-            bounds = history.ts[:history.n].searchsorted(t - self._offsets, side="right")
+            bounds = history.ts[:history.n].searchsorted(t - offsets, side="right")
             if bounds[0]:
                 hits.append((i, history, bounds))
-                latest[i] = int(history.ts[bounds[0] - 1])
-        if hits:
-            at = np.stack([history.sums[:, bounds] for _, history, bounds in hits])
-            sums = at[:, :, :1] - at[:, :, 1:]
-            rows = [i for i, _, _ in hits]
-            for c in plan.compiled:
-                column = values[c.name]
-                for i, value in zip(rows, _batch_read(c, sums, hits), strict=True):
-                    column[i] = value
-        return WindowColumns(values, latest, complete)
+        if not hits:
+            return [], [], {}
+        at = np.stack([history.sums[:, bounds] for _, history, bounds in hits])
+        sums = at[:, :, :1] - at[:, :, 1:]
+        latest = [int(history.ts[bounds[0] - 1]) for _, history, bounds in hits]
+        return ([i for i, _, _ in hits], latest,
+                {c.name: _batch_read(c, sums, lambda c, ok: _scan_per_key(c, ok, hits)) for c in plan.compiled})
+
+
+REPACK_MIN, REPACK_SHARE = 64, 0.02
+
+
+class _Packed:
+    """A view's histories as segments of single arrays (key order fixed at packing): each key's events and
+    its own prefix sums (n + 1 entries) are copied as they are, so sums read here equal the per-key ones.
+    A (segment, time-rank) code orders all events, so one searchsorted bounds every query of a batch."""
+
+    def __init__(self, histories: dict[tuple, _History], plan: _Plan) -> None:
+        held = [(key, h) for key, h in histories.items() if h.n]
+        for _, h in held:
+            h.refresh()
+        self.segment = {key: i for i, (key, _) in enumerate(held)}
+        sizes = np.array([h.n for _, h in held], dtype=np.int64)
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.sum_starts = self.starts[:-1] + np.arange(len(held), dtype=np.int64)
+        n_chan, n_ext, n_last = len(plan.channels), len(plan.extremes), len(plan.lasts)
+        self.ts = np.concatenate([h.ts[:h.n] for _, h in held]) if held else np.empty(0, dtype=np.int64)
+        self.chan = np.concatenate([h.chan[:, :h.n] for _, h in held], axis=1) if held else np.empty((n_chan, 0))
+        self.sums = (np.concatenate([h.sums[:, :h.n + 1] for _, h in held], axis=1) if held
+                     else np.empty((n_chan, 0)))
+        self.ext = np.concatenate([h.ext[:, :h.n] for _, h in held], axis=1) if held else np.empty((n_ext, 0))
+        self.last = (np.concatenate([h.last[:, :h.n] for _, h in held], axis=1) if held
+                     else np.empty((n_last, 0), dtype=object))
+        self.distinct = np.unique(self.ts)
+        self.width = len(self.distinct) + 1
+        segments = np.repeat(np.arange(len(held), dtype=np.int64), sizes)
+        self.codes = segments * self.width + self.distinct.searchsorted(self.ts, side="right")
+        self._tables: dict[int, np.ndarray] = {}
+        self._latest: dict[int, np.ndarray] = {}
+
+    def read(self, plan: _Plan, keys: list[tuple], t_us: list[int],
+             offsets: np.ndarray) -> tuple[list[int], list[int], dict[str, list[object]]]:
+        """Like `_read_per_key`, for keys held at packing time, in numpy over the whole batch."""
+        segment = np.array([self.segment.get(key, -1) for key in keys], dtype=np.int64)
+        queries = np.flatnonzero(segment >= 0)
+        if not len(queries):
+            return [], [], {}
+        seg, t = segment[queries], np.asarray(t_us, dtype=np.int64)[queries]
+        ranks = self.distinct.searchsorted(t[None, :] - offsets[:, None], side="right")
+        upper = self.codes.searchsorted(seg * self.width + ranks, side="right")  # (1 + windows, queries)
+        counts = upper - self.starts[seg]
+        hit = np.flatnonzero(counts[0] > 0)
+        if not len(hit):
+            return [], [], {}
+        upper, counts, seg = upper[:, hit], counts[:, hit], seg[hit]
+        at = self.sums[:, self.sum_starts[seg] + counts]  # (channels, 1 + windows, hits)
+        sums = np.transpose(at[:, :1, :] - at[:, 1:, :], (2, 0, 1))
+        latest = self.ts[upper[0] - 1].tolist()
+        return (queries[hit].tolist(), latest,
+                {c.name: _batch_read(c, sums, lambda c, ok: self._scan(c, ok, upper)) for c in plan.compiled})
+
+    def _scan(self, c: _Compiled, ok: list[bool], upper: np.ndarray) -> list[object]:
+        """min/max over each window from a sparse table, last from the latest flagged event before the bound."""
+        good = np.asarray(ok, dtype=bool)
+        hi = upper[0]
+        if c.function == "last":
+            latest = self._latest_flagged(c.flag)
+            rows = latest[np.maximum(hi - 1, 0)]
+            picked = self.last[c.last, rows].tolist()
+            return [value if g else None for value, g in zip(picked, ok, strict=True)]
+        out = np.zeros(len(good))
+        if good.any():
+            op = np.minimum if c.function == "min" else np.maximum
+            lo, top = upper[1 + c.window][good], hi[good]
+            level = np.frexp(top - lo)[1].astype(np.int64) - 1
+            table, n = self._table(c.extreme, op, int(level.max())), len(self.ts)
+            out[good] = op(table[level * n + lo], table[level * n + top - (1 << level)])
+        return [value if g else None for value, g in zip(out.tolist(), ok, strict=True)]
+
+    def _latest_flagged(self, flag: int) -> np.ndarray:
+        if flag not in self._latest:
+            flagged = np.where(self.chan[flag] > 0, np.arange(len(self.ts)), -1)
+            self._latest[flag] = np.maximum.accumulate(flagged) if len(flagged) else flagged
+        return self._latest[flag]
+
+    def _table(self, extreme: int, op: np.ufunc, levels: int) -> np.ndarray:
+        """Flattened (levels + 1) x n sparse table of an extreme channel (as `_OfflineWindows._table`)."""
+        n, table = len(self.ts), self._tables.get(extreme)
+        if table is not None and len(table) >= (levels + 1) * n:
+            return table
+        table = np.empty((levels + 1) * n)
+        table[:n] = self.ext[extreme]
+        for k in range(1, levels + 1):
+            half, row, prev, valid = 1 << (k - 1), k * n, (k - 1) * n, n - (1 << k) + 1
+            op(table[prev:prev + valid], table[prev + half:prev + half + valid], out=table[row:row + valid])
+            table[row + valid:row + n] = table[prev + valid:prev + n]
+        self._tables[extreme] = table
+        return table
 
 
 def _rows_by_key(raw: pl.DataFrame, keys: Sequence[str], ts: np.ndarray) -> dict[tuple, np.ndarray]:
@@ -702,22 +823,20 @@ def _reader(c: _Compiled) -> Reader:
     return lambda sums, h, b: float(h.ext[extreme, b[lo]:b[0]].max()) if sums[flag][w] > 0 else None
 
 
-def _batch_read(c: _Compiled, sums: np.ndarray, hits: list[tuple[int, _History, np.ndarray]]) -> list[object]:
+Scan = Callable[[_Compiled, list[bool]], list[object]]
+
+
+def _batch_read(c: _Compiled, sums: np.ndarray, scan: Scan) -> list[object]:
     """The vector twin of `_reader(c)` over a batch: `sums[q, channel, window]` are the window sums of
-    query q; the arithmetic is the scalar readers' (IEEE doubles either way), so values are identical."""
+    query q; the arithmetic is the scalar readers' (IEEE doubles either way), so values are identical.
+    min, max and last need the events themselves: `scan` reads them for the queries with `ok`."""
     w, flag = c.window, c.flag
     count = sums[:, flag, w]
     if c.function == "count":
         return count.tolist()
     ok = (count > 0).tolist()
-    if c.function in ("min", "max"):
-        extreme, lo = c.extreme, 1 + w
-        pick = np.min if c.function == "min" else np.max
-        return [float(pick(history.ext[extreme, bounds[lo]:bounds[0]])) if good else None
-                for good, (_, history, bounds) in zip(ok, hits, strict=True)]
-    if c.function == "last":
-        return [_last_value(c, history, int(bounds[0])) if good else None
-                for good, (_, history, bounds) in zip(ok, hits, strict=True)]
+    if c.function in ("min", "max", "last"):
+        return scan(c, ok)
     total = sums[:, c.value, w]
     if c.function == "share":
         result = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
@@ -727,6 +846,17 @@ def _batch_read(c: _Compiled, sums: np.ndarray, hits: list[tuple[int, _History, 
             total = np.select([nan | (pos & neg), pos, neg], [math.nan, math.inf, -math.inf], total)
         result = np.divide(total, count, out=np.zeros_like(total), where=count > 0) if c.function == "mean" else total
     return [value if good else None for value, good in zip(result.tolist(), ok, strict=True)]
+
+
+def _scan_per_key(c: _Compiled, ok: list[bool], hits: list[tuple[int, _History, np.ndarray]]) -> list[object]:
+    """min/max/last of each query's window in its own history."""
+    if c.function == "last":
+        return [_last_value(c, history, int(bounds[0])) if good else None
+                for good, (_, history, bounds) in zip(ok, hits, strict=True)]
+    extreme, lo = c.extreme, 1 + c.window
+    pick = np.min if c.function == "min" else np.max
+    return [float(pick(history.ext[extreme, bounds[lo]:bounds[0]])) if good else None
+            for good, (_, history, bounds) in zip(ok, hits, strict=True)]
 
 
 def _sum_reader(c: _Compiled) -> Reader:

@@ -23,7 +23,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlops_assets.features.online_store import EventError, UnknownSource
 from mlops_assets.serving.config import ServingConfig, from_env
+from mlops_assets.serving.encoding import encode_answer
 from mlops_assets.serving.errors import ClientError, error_response, problems_of
+from mlops_assets.serving.metrics import StageClock
 from mlops_assets.serving.schemas import RequestModels, batch_schema, openapi_body
 from mlops_assets.serving.service import NotReady, Service
 from mlops_assets.serving.transport import (
@@ -77,7 +79,7 @@ async def logged_error(request: Request, status: int, detail: object, message: o
 
 
 async def _respond(request: Request, instances: list[BaseModel], explain: bool, endpoint: str,
-                   single: bool) -> Response:
+                   single: bool, clock: StageClock) -> Response:
     """Score in a worker thread (the event loop stays free for other requests), wait until the records
     are durable, answer; any failure inside features/model code is a logged generic 500."""
     service, state = _service(request), request.state
@@ -87,10 +89,13 @@ async def _respond(request: Request, instances: list[BaseModel], explain: bool, 
 
     def answer() -> "tuple[Response, Future[bool] | None]":
         """Scoring and the JSON encoding of the answer (for a batch, the larger part) in one worker call."""
-        answers, future = service.predict(instances, explain, state.request_id, endpoint, state.started, single)
+        answers, future = service.predict(instances, explain, state.request_id, endpoint, state.started, single,
+                                          clock)
         body = ({"request_id": state.request_id, **answers[0]} if single
                 else {"request_id": state.request_id, "predictions": answers})
-        return JSONResponse(body), future
+        response = Response(encode_answer(body), media_type="application/json")
+        clock.lap("encode")
+        return response, future
 
     try:
         response, future = await run_in_threadpool(answer)
@@ -100,6 +105,7 @@ async def _respond(request: Request, instances: list[BaseModel], explain: bool, 
         log.exception("prediction failed for request %s", state.request_id)
         return await logged_error(request, 500, INTERNAL_ERROR, INTERNAL_ERROR)
     logged = await log_state(service, future)
+    clock.lap("log_wait")
     if refuse and logged == "not-logged":
         return error_response(503, LOG_UNAVAILABLE, state.request_id)
     response.headers[LOG_HEADER] = logged
@@ -120,7 +126,9 @@ def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter
         """One instance -> the prediction, feature freshness, model version (+ explanation)."""
         body = await read_json_body(request, config.max_body_bytes, config.body_timeout_seconds)
         instance = parse_body(models.single, body, {})
-        return await _respond(request, [instance], bool(explain) or instance.explain, "/v1/predict", single=True)
+        clock = _service(request).metrics.clock(request.state.started)
+        clock.lap("parse")
+        return await _respond(request, [instance], bool(explain) or instance.explain, "/v1/predict", True, clock)
 
     @router.post("/predict/batch", openapi_extra=openapi_body(batch_schema(models, config.max_batch)))
     async def predict_batch(request: Request, explain: bool | None = None) -> Response:
@@ -128,8 +136,10 @@ def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter
         body = await read_json_body(request, config.max_body_bytes, config.body_timeout_seconds)
         check_batch_size(body, config.max_batch)
         batch = parse_body(models.batch, body, {})
+        clock = _service(request).metrics.clock(request.state.started)
+        clock.lap("parse")
         return await _respond(request, list(batch.instances), bool(explain) or batch.explain,
-                              "/v1/predict/batch", single=False)
+                              "/v1/predict/batch", False, clock)
 
     @router.post("/events/{source}", openapi_extra=openapi_body(EVENTS_BODY))
     async def push_events(request: Request, source: str) -> Response:

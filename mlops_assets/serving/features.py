@@ -113,6 +113,9 @@ class OnlineFeatures:
                  for name, s in stored.items()}
         snapshot = Snapshot(generation, 0, views)
         self._sync(snapshot)
+        for view in views.values():  # here, off the request path: batches then read packed histories
+            if view.windows is not None:
+                view.windows.pack()
         self.snapshot = snapshot
         log.info("online store generation %s loaded: %s", generation,
                  {n: len(v.windows) if v.windows is not None else len(v.rows) for n, v in views.items()})

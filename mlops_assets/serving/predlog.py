@@ -32,10 +32,9 @@ from datetime import date as Date
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-import orjson
 import polars as pl
 
+from mlops_assets.serving.encoding import encode_record
 from mlops_assets.serving.partfiles import Part, fsync_dir, write_all
 
 log = logging.getLogger(__name__)
@@ -43,16 +42,6 @@ DRAIN_MAX = 5_000
 LOG_FOLDER = "prediction_log"
 RETRY_FIRST, RETRY_MAX = 0.05, 2.0
 AckMode = Literal["fsync", "queued"]
-
-
-def _fallback(value: object) -> object:
-    """What orjson does not write itself: numpy scalars as numbers, anything else as its text."""
-    return value.item() if isinstance(value, np.generic) else str(value)
-
-
-def encode_record(record: dict[str, object]) -> bytes:
-    """One JSON line (orjson: a few µs per record; NaN and infinities become null)."""
-    return orjson.dumps(record, default=_fallback, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE)
 
 
 class LogFull(Exception):

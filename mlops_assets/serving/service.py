@@ -31,7 +31,7 @@ from mlops_assets.serving.config import ConfigError, ServingConfig
 from mlops_assets.serving.errors import ClientError
 from mlops_assets.serving.experiment import choose_arm, resolve_split_key, split_key
 from mlops_assets.serving.features import Lookup, OnlineFeatures
-from mlops_assets.serving.metrics import Metrics
+from mlops_assets.serving.metrics import Metrics, StageClock
 from mlops_assets.serving.models import Arms, LoadedModel, ModelSlot, RegistryWatcher
 from mlops_assets.serving.predlog import LogFull, PredictionLog
 from mlops_assets.serving.routine import LoadedRoutine, preprocess, score
@@ -174,9 +174,11 @@ class Service:
         return out
 
     def predict(self, instances: list[BaseModel], explain: bool, request_id: str, endpoint: str,
-                started: float, single: bool = True) -> tuple[list[dict[str, object]], Future[bool] | None]:
+                started: float, single: bool = True,
+                clock: StageClock | None = None) -> tuple[list[dict[str, object]], Future[bool] | None]:
         """Score every instance with its arm (one matrix per arm); the answers, and the future that says
-        when their log records are durable (None: not accepted by the log)."""
+        when their log records are durable (None: not accepted by the log). `clock` times the stages."""
+        clock = clock or self.metrics.clock(time.perf_counter())
         arms = self.slot.arms
         if arms.champion is None:
             raise NotReady
@@ -184,28 +186,32 @@ class Service:
         self._refuse_unknown(requests, arms, single)
         ids = [request_id] if len(instances) == 1 else [f"{request_id}:{i}" for i in range(len(instances))]
         items = self._prepare(instances, requests, ids, arms, single)
+        clock.lap("lookup")
         answers: list[dict[str, object]] = [{} for _ in items]
         records: list[dict[str, object]] = []
         if arms.routine is not None:
-            self._score_routine(arms.routine, items, explain, answers, records)
-            return answers, self._log(records, request_id, endpoint, (time.perf_counter() - started) * 1000)
-        for arm in sorted({p.arm for p in items}):
-            chosen = [i for i, p in enumerate(items) if p.arm == arm]
-            self._score(arms.get(arm), arm, [items[i] for i in chosen], explain, chosen, answers, records)
-        shadow = arms.challenger if self.config.experiment == "shadow" else None
-        if shadow is not None:
-            self._score(shadow, "shadow", items, False, list(range(len(items))), None, records)
-        return answers, self._log(records, request_id, endpoint, (time.perf_counter() - started) * 1000)
+            self._score_routine(arms.routine, items, explain, answers, records, clock)
+        else:
+            for arm in sorted({p.arm for p in items}):
+                chosen = [i for i, p in enumerate(items) if p.arm == arm]
+                self._score(arms.get(arm), arm, [items[i] for i in chosen], explain, chosen, answers, records, clock)
+            shadow = arms.challenger if self.config.experiment == "shadow" else None
+            if shadow is not None:
+                self._score(shadow, "shadow", items, False, list(range(len(items))), None, records, clock)
+        future = self._log(records, request_id, endpoint, (time.perf_counter() - started) * 1000)
+        clock.lap("log")
+        return answers, future
 
     def _score(self, loaded: LoadedModel | None, arm: str, items: list[Prepared], explain: bool,
                positions: list[int], answers: list[dict[str, object]] | None,
-               records: list[dict[str, object]]) -> None:
+               records: list[dict[str, object]], clock: StageClock) -> None:
         """Predict a group with one model; fill the answers (unless shadow) and the log records."""
         assert loaded is not None
         model = loaded.model
         matrix = model.matrix([p.row for p in items])
         outputs = model.predict_matrix(matrix)
         contributions = model.contributions_matrix(matrix) if explain else None
+        clock.lap("predict")
         for j, (position, item) in enumerate(zip(positions, items, strict=True)):
             fields = outcome(model, outputs[j], self.project.threshold)
             missing = [*item.lookup.missing, *(f for f in self.direct if item.row.get(f) is None),
@@ -220,9 +226,10 @@ class Service:
                 answers[position]["explanation"] = explain_one(model, contributions[j], item.row,
                                                                self.config.explain_top_k, fields)
         self.metrics.predicted(arm, len(items))
+        clock.lap("answer")
 
     def _score_routine(self, routine: LoadedRoutine, items: list[Prepared], explain: bool,
-                       answers: list[dict[str, object]], records: list[dict[str, object]]) -> None:
+                       answers: list[dict[str, object]], records: list[dict[str, object]], clock: StageClock) -> None:
         """Score a group through the routine: the combined answer, what each component said (and, explained,
         each component's own top contributions and the combination's breakdown), one log record each."""
         spec, parts = routine.spec, routine.components
@@ -230,6 +237,7 @@ class Service:
         scores = score(spec, {c: m.model for c, m in parts.items()}, rows)
         lead = next(iter(parts.values()))
         contributions = {c: _contributions(m.model, rows, scores.scored[c]) if explain else {} for c, m in parts.items()}
+        clock.lap("predict")
         for j, item in enumerate(items):
             fields = outcome(lead.model, scores.combined[j], self.project.threshold)
             components = {c: {"model": m.name, "version": m.version,
@@ -251,6 +259,7 @@ class Service:
                                    outcome(m.model, scores.outputs[c][j], self.project.threshold))  # type: ignore[arg-type]
                     for c, m in parts.items() if j in contributions[c]}}
         self.metrics.predicted("routine", len(items), routine.label)
+        clock.lap("answer")
 
     def _record(self, loaded: LoadedModel, arm: str, item: Prepared, position: int, fields: dict[str, object],
                 missing: list[str], features: Iterable[str] | None = None) -> dict[str, object]:
