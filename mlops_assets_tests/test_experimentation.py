@@ -161,7 +161,7 @@ def test_promotion_touches_only_the_tuning_line_of_the_real_project_file(tmp_pat
     diff = ex.promote_parameters(path, {"num_leaves": 31, "learning_rate": 0.08})
     changed = [line for line in diff.splitlines()[2:] if line[:1] in "+-"]
     assert len(changed) == 2 and all(line[1:].startswith("tuning: {n_trials: 6,") for line in changed)
-    assert changed[1].endswith("early_stopping_rounds: 50, start_params: {num_leaves: 31, learning_rate: 0.08}}")
+    assert changed[1].endswith("max_bin: 63, start_params: {num_leaves: 31, learning_rate: 0.08}}")
     kept = [line for line in before.splitlines() if not line.startswith("tuning:")]
     assert kept == [line for line in path.read_text().splitlines() if not line.startswith("tuning:")]
     original, promoted = load_project(PROJECTS_DIR / "flights" / "project.yaml").spec, load_project(path).spec

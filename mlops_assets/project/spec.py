@@ -305,9 +305,12 @@ class BinSlice(Strict):
 
 class TuningSpec(Strict):
     n_trials: int = Field(6, ge=1)
-    timeout_seconds: float = Field(90, gt=0)
+    timeout_seconds: float = Field(90, gt=0, description="the tuning budget: a later trial stops boosting when it "
+                                                     "is spent (the first trial always finishes)")
     max_rounds: int = Field(1000, ge=10)
     early_stopping_rounds: int = Field(50, ge=5)
+    max_bin: int = Field(255, ge=2, le=255, description="histogram bins per numeric feature; fewer bins make "
+                                                        "every boosting round cheaper (and regularise)")
     start_params: dict[Literal["learning_rate", "num_leaves", "min_child_samples", "feature_fraction",
                                "bagging_fraction", "lambda_l2"], float | int] | None = Field(
         None, description="the first trial's LightGBM parameters (others from the defaults), e.g. promoted "

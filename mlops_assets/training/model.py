@@ -52,9 +52,12 @@ class TabularModel(ScoringModel):
             return np.asarray(self.classes, dtype=object)[np.asarray(scores).argmax(axis=1)]
         return scores
 
-    def contributions(self, data: pd.DataFrame) -> np.ndarray:
-        """TreeSHAP (n, features + 1), multiclass (n, k * (features + 1)) class after class; raw score units."""
-        return np.asarray(self.booster.predict(self.frame(data), pred_contrib=True, num_threads=1))
+    def contributions(self, data: pd.DataFrame, num_threads: int = 1) -> np.ndarray:
+        """TreeSHAP (n, features + 1), multiclass (n, k * (features + 1)) class after class; raw score units.
+
+        One thread by default, as for scoring; a batch job (evaluation) passes 0 for all cores.
+        """
+        return np.asarray(self.booster.predict(self.frame(data), pred_contrib=True, num_threads=num_threads))
 
 
 def label_classes(problem: str, declared: list[str] | None, *labels: pl.Series) -> list[str] | None:
