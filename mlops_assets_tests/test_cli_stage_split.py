@@ -1,6 +1,21 @@
-"""The per-stage split `mlops-assets run` prints: start-up, jobs with their steps slowest first, rest, total."""
+"""What `mlops-assets run` does around its two jobs: the tracking store prepared in a second process,
+and the per-stage split it prints (start-up, jobs with their steps slowest first, the rest, the total)."""
 
-from mlops_assets.cli import format_stage_split
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from mlops_assets.cli import format_stage_split, prepare_tracking_store
+
+
+def test_the_tracking_store_is_created_in_a_second_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLOPS_STATE_DIR", str(tmp_path))
+    monkeypatch.delenv("MLOPS_PROFILE", raising=False)
+    monkeypatch.delenv("MLOPS_MLFLOW_TRACKING_URI", raising=False)
+    assert prepare_tracking_store().wait(timeout=120) == 0
+    with sqlite3.connect(tmp_path / "mlflow" / "mlflow.db") as db:
+        assert {name for (name,) in db.execute("select name from experiments")} == {"Default", "mlops_assets"}
 
 
 def test_split_lists_steps_slowest_first_and_the_unaccounted_rest() -> None:
