@@ -430,6 +430,10 @@ def test_metrics_expose_counters_latency_and_model_versions(flights: Platform, c
                      f'mlops_serving_model_version{{arm="champion",model="{flights.model_name}"}} 1',
                      "mlops_serving_hot_swaps_total 0", "# TYPE mlops_serving_request_latency_seconds histogram"):
         assert expected in text
+    stages = {line.split('stage="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("mlops_serving_stage_seconds_total{")}
+    assert set(stages) == {"parse", "lookup", "predict", "answer", "log", "encode", "log_wait"}
+    assert all(stages[s] > 0 for s in ("parse", "lookup", "predict", "log_wait")), stages  # the one prediction
 
 
 def test_config_comes_from_the_environment_and_names_bad_variables(tmp_path: Path) -> None:

@@ -274,7 +274,8 @@ def epoch_us(t: datetime) -> int:
     return ((t if t.tzinfo is not None else t.replace(tzinfo=UTC)) - EPOCH) // MICROSECOND
 
 
-def _from_epoch_us(us: int) -> datetime:
+def from_epoch_us(us: int) -> datetime:
+    """The UTC datetime of epoch microseconds (the inverse of `epoch_us`)."""
     return EPOCH + timedelta(microseconds=us)
 
 
@@ -562,7 +563,7 @@ class OnlineWindows:
     @property
     def horizon(self) -> datetime | None:
         """The earliest time from which history is complete; None = complete since the beginning."""
-        return None if self._horizon_us is None else _from_epoch_us(self._horizon_us)
+        return None if self._horizon_us is None else from_epoch_us(self._horizon_us)
 
     def __len__(self) -> int:
         return sum(h.n for h in self._histories.values())
@@ -636,7 +637,7 @@ class OnlineWindows:
         at = history.sums[:, bounds]
         sums, lows = (at[:, :1] - at[:, 1:]).tolist(), bounds.tolist()
         values = {name: read(sums, history, lows) for name, read in self._readers}
-        return WindowResult(values, _from_epoch_us(int(history.ts[hi - 1])), complete)
+        return WindowResult(values, from_epoch_us(int(history.ts[hi - 1])), complete)
 
     def compute_many(self, keys: list[tuple], times: list[datetime]) -> list[WindowResult]:
         """`compute` of each (key, t), evaluated as one batch (`compute_columns`)."""
@@ -644,7 +645,7 @@ class OnlineWindows:
             raise ValueError(f"compute_many got {len(keys)} keys but {len(times)} times")
         batch = self.compute_columns(keys, [epoch_us(t) for t in times])
         names = list(batch.values)
-        return [WindowResult(dict(zip(names, row, strict=True)), None if us is None else _from_epoch_us(us), done)
+        return [WindowResult(dict(zip(names, row, strict=True)), None if us is None else from_epoch_us(us), done)
                 for row, us, done in zip(zip(*batch.values.values(), strict=True), batch.latest_known_at_us,
                                          batch.complete, strict=True)]
 
@@ -843,7 +844,8 @@ def _batch_read(c: _Compiled, sums: np.ndarray, scan: Scan) -> list[object]:
     else:
         if c.nonfinite[0] >= 0:
             nan, pos, neg = (sums[:, ch, w] > 0 for ch in c.nonfinite)
-            total = np.select([nan | (pos & neg), pos, neg], [math.nan, math.inf, -math.inf], total)
+            if (nan | pos | neg).any():  # rare: np.select costs more than the rest of the aggregation
+                total = np.select([nan | (pos & neg), pos, neg], [math.nan, math.inf, -math.inf], total)
         result = np.divide(total, count, out=np.zeros_like(total), where=count > 0) if c.function == "mean" else total
     return [value if good else None for value, good in zip(result.tolist(), ok, strict=True)]
 

@@ -78,17 +78,22 @@ async def logged_error(request: Request, status: int, detail: object, message: o
     return response
 
 
+INLINE_ROWS = 100
+
+
 async def _respond(request: Request, instances: list[BaseModel], explain: bool, endpoint: str,
                    single: bool, clock: StageClock) -> Response:
-    """Score in a worker thread (the event loop stays free for other requests), wait until the records
-    are durable, answer; any failure inside features/model code is a logged generic 500."""
+    """Score, wait until the records are durable, answer; any failure inside features/model code is a
+    logged generic 500. Up to INLINE_ROWS unexplained instances (a few ms of CPU) are scored on the event
+    loop itself: a hop to a worker thread would cost more than it frees. Explained or larger requests
+    run in a worker thread, so the event loop stays free for other requests."""
     service, state = _service(request), request.state
     refuse = service.config.log_unavailable == "refuse"
     if refuse and service.log.degraded:
         return await logged_error(request, 503, "prediction log unavailable", LOG_UNAVAILABLE)
 
     def answer() -> "tuple[Response, Future[bool] | None]":
-        """Scoring and the JSON encoding of the answer (for a batch, the larger part) in one worker call."""
+        """Scoring and the JSON encoding of the answer (for a batch, the larger part) in one call."""
         answers, future = service.predict(instances, explain, state.request_id, endpoint, state.started, single,
                                           clock)
         body = ({"request_id": state.request_id, **answers[0]} if single
@@ -97,15 +102,23 @@ async def _respond(request: Request, instances: list[BaseModel], explain: bool, 
         clock.lap("encode")
         return response, future
 
+    def in_worker() -> "tuple[Response, Future[bool] | None]":
+        clock.restart()  # CPU time is per thread
+        return answer()
+
     try:
-        response, future = await run_in_threadpool(answer)
+        if explain or len(instances) > INLINE_ROWS:
+            response, future = await run_in_threadpool(in_worker)
+        else:
+            response, future = answer()
     except (NotReady, ClientError):
         raise
     except Exception:
         log.exception("prediction failed for request %s", state.request_id)
         return await logged_error(request, 500, INTERNAL_ERROR, INTERNAL_ERROR)
+    waited = time.perf_counter()
     logged = await log_state(service, future)
-    clock.lap("log_wait")
+    service.metrics.waited(time.perf_counter() - waited)
     if refuse and logged == "not-logged":
         return error_response(503, LOG_UNAVAILABLE, state.request_id)
     response.headers[LOG_HEADER] = logged
@@ -125,8 +138,8 @@ def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter
     async def predict(request: Request, explain: bool | None = None) -> Response:
         """One instance -> the prediction, feature freshness, model version (+ explanation)."""
         body = await read_json_body(request, config.max_body_bytes, config.body_timeout_seconds)
+        clock = _service(request).metrics.clock()
         instance = parse_body(models.single, body, {})
-        clock = _service(request).metrics.clock(request.state.started)
         clock.lap("parse")
         return await _respond(request, [instance], bool(explain) or instance.explain, "/v1/predict", True, clock)
 
@@ -134,9 +147,9 @@ def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter
     async def predict_batch(request: Request, explain: bool | None = None) -> Response:
         """Up to `max_batch` instances in one call, answered in order."""
         body = await read_json_body(request, config.max_body_bytes, config.body_timeout_seconds)
+        clock = _service(request).metrics.clock()
         check_batch_size(body, config.max_batch)
         batch = parse_body(models.batch, body, {})
-        clock = _service(request).metrics.clock(request.state.started)
         clock.lap("parse")
         return await _respond(request, list(batch.instances), bool(explain) or batch.explain,
                               "/v1/predict/batch", False, clock)

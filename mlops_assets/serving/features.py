@@ -21,7 +21,7 @@ import polars as pl
 
 from mlops_assets.features.online_store import EVENT_ID, OnlineStore
 from mlops_assets.features.repository import is_static, view_aggregations, view_feature_names, view_keys
-from mlops_assets.features.windows import OnlineWindows, epoch_us
+from mlops_assets.features.windows import OnlineWindows, WindowColumns, epoch_us, from_epoch_us
 from mlops_assets.project.spec import Project
 
 log = logging.getLogger(__name__)
@@ -63,30 +63,55 @@ class ViewState:
         for row in frame.select(*self.keys, *self.names).iter_rows(named=True):
             self.rows[tuple(row[k] for k in self.keys)] = {n: row[n] for n in self.names}
 
-    def lookup_batch(self, keys: Sequence[tuple], t_us: Sequence[int]) -> list[tuple[dict[str, object] | None, float | None, bool]]:
-        """Per query (values or None when missing, freshness in seconds, whether anything is known for the key);
-        a windowed view answers the whole batch in one `compute_columns`."""
+    def lookup_columns(self, keys: Sequence[tuple], t_us: Sequence[int]) -> ViewColumns:
+        """The view for a batch of (key, epoch-µs time): a windowed view in one `compute_columns`. Missing
+        (t before the history held, or not loaded): values None; a key part absent: the empty window, as
+        offline (count 0, the rest null); a static view: its row, or None for an unknown key."""
+        n = len(keys)
         if not self.loaded:
-            return [(None, None, False)] * len(keys)
+            return ViewColumns(self.names, [[None] * n for _ in self.names], [None] * n, [False] * n)
         if self.windows is None:
             found = [self.rows.get(key) if None not in key else None for key in keys]
-            return [(values, None, values is not None) for values in found]
-        batch = self.windows.compute_columns(keys, t_us)
-        names = list(batch.values)
-        out: list[tuple[dict[str, object] | None, float | None, bool]] = []
-        rows = zip(*batch.values.values(), strict=True)
-        for key, us, row, complete, latest in zip(keys, t_us, rows, batch.complete, batch.latest_known_at_us,
-                                                  strict=True):
-            values = dict(zip(names, row, strict=True))
-            if None in key:  # as offline: an empty window (count 0, the rest null)
-                out.append((values, None, False))
-            elif not complete:
-                out.append((None, None, False))
-            elif latest is None:
-                out.append((values, None, False))
-            else:
-                out.append((values, max(0.0, (us - latest) / 1e6), True))
-        return out
+            columns = [[None if row is None else row[name] for row in found] for name in self.names]
+            return ViewColumns(self.names, columns, [None] * n, [row is not None for row in found])
+        batch = self.windows.compute_columns(keys, t_us) if n > PER_KEY_MAX else self._per_key(keys, t_us)
+        columns = list(batch.values.values())
+        ages: list[float | None] = [None] * n
+        known = [False] * n
+        for i, (key, us, complete, latest) in enumerate(zip(keys, t_us, batch.complete, batch.latest_known_at_us,
+                                                            strict=True)):
+            if None in key:
+                continue
+            if not complete:
+                for column in columns:
+                    column[i] = None
+            elif latest is not None:
+                ages[i], known[i] = max(0.0, (us - latest) / 1e6), True
+        return ViewColumns(list(batch.values), columns, ages, known)
+
+
+    def _per_key(self, keys: Sequence[tuple], t_us: Sequence[int]) -> WindowColumns:
+        """`compute` per query: for one or two queries its ~15 µs beat the batch path's fixed numpy calls."""
+        assert self.windows is not None
+        results = [self.windows.compute(key, from_epoch_us(us)) for key, us in zip(keys, t_us, strict=True)]
+        names = list(results[0].values)
+        return WindowColumns({name: [r.values[name] for r in results] for name in names},
+                             [None if r.latest_known_at is None else epoch_us(r.latest_known_at) for r in results],
+                             [r.complete for r in results])
+
+
+PER_KEY_MAX = 2
+
+
+@dataclass(frozen=True)
+class ViewColumns:
+    """One view for a batch: per feature name a column of values, per query its age in seconds and
+    whether anything is known for its key by its time."""
+
+    names: list[str]
+    columns: list[list[object]]
+    ages: list[float | None]
+    known: list[bool]
 
 
 @dataclass
@@ -136,25 +161,17 @@ class OnlineFeatures:
 
     def lookup_many(self, views: Sequence[str], requests: Sequence[Mapping[str, object]],
                     times: Sequence[datetime]) -> list[Lookup]:
-        """Apply the pushes since the last call, then every view for the whole batch at the requests' times."""
+        """Apply the pushes since the last call, then every view for the whole batch at the requests' times
+        (a missing view's features are None, which scores and logs as absent)."""
         snapshot = self.snapshot
         t_us = [epoch_us(t) for t in times]
         with snapshot.lock:
             self._sync(snapshot)
-            answers = {name: snapshot.views[name].lookup_batch(
-                [tuple(r.get(k) for k in snapshot.views[name].keys) for r in requests], t_us)
-                for name in views}
-        lookups = []
-        for i in range(len(requests)):
-            features: dict[str, object] = {}
-            freshness: dict[str, float | None] = {}
-            missing: list[str] = []
-            for name, answer in answers.items():
-                values, age, known = answer[i]
-                if values is not None:
-                    features.update(values)
-                if not known:
-                    missing.append(name)
-                freshness[name] = age
-            lookups.append(Lookup(features, freshness, missing))
-        return lookups
+            found = [snapshot.views[name].lookup_columns([tuple(r.get(k) for k in snapshot.views[name].keys)
+                                                          for r in requests], t_us) for name in views]
+        names = [name for view in found for name in view.names]
+        columns = [column for view in found for column in view.columns]
+        rows = zip(*columns, strict=True) if columns else [()] * len(requests)
+        pairs = list(zip(views, found, strict=True))
+        return [Lookup(dict(zip(names, values, strict=True)), {v: f.ages[i] for v, f in pairs},
+                       [v for v, f in pairs if not f.known[i]]) for i, values in enumerate(rows)]

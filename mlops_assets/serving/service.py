@@ -178,7 +178,7 @@ class Service:
                 clock: StageClock | None = None) -> tuple[list[dict[str, object]], Future[bool] | None]:
         """Score every instance with its arm (one matrix per arm); the answers, and the future that says
         when their log records are durable (None: not accepted by the log). `clock` times the stages."""
-        clock = clock or self.metrics.clock(time.perf_counter())
+        clock = clock or self.metrics.clock()
         arms = self.slot.arms
         if arms.champion is None:
             raise NotReady

@@ -101,8 +101,9 @@ class ObserveMiddleware:
             self.metrics.observe(endpoint_label(scope.get("path", "")), status, time.perf_counter() - started)
 
 
-def refuse_repeated_id(request: Request) -> None:
-    """A /v1 dependency: 409 for a caller request id this process has already answered."""
+async def refuse_repeated_id(request: Request) -> None:
+    """A /v1 dependency: 409 for a caller request id this process has already answered (async: FastAPI
+    would run a plain function in a worker thread, a thread hop per request)."""
     if request.state.repeated_id is not None:
         raise ClientError(409, [{"field": "x-request-id", "problem": "already used by an earlier request; "
                                                                     "send a unique id (or none)"}])
