@@ -288,6 +288,9 @@ def test_explanation_sums_to_the_log_odds(flights: Platform, client: TestClient)
     assert magnitudes == sorted(magnitudes, reverse=True)
     total = explanation["base_value"] + sum(t["contribution"] for t in explanation["top"]) + explanation["other"]
     assert total == pytest.approx(math.log(body["probability"] / (1 - body["probability"])), abs=1e-9)
+    assert "explanation" not in client.post("/v1/predict?explain=off", json=flights.requests(1)[0]).json()
+    refused = client.post("/v1/predict/batch?explain=maybe", json={"instances": flights.requests(1)})
+    assert_refused(refused, 422, "explain")
 
 
 def test_batch_answers_each_instance_like_the_single_endpoint(flights: Platform, client: TestClient) -> None:

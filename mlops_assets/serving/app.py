@@ -131,33 +131,63 @@ EVENTS_BODY = {"type": "object", "required": ["events"], "additionalProperties":
                                                    "the feature views read, plus an optional event_id"}}}}
 
 
-def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter:
-    router = APIRouter(prefix="/v1", dependencies=[Depends(require_token), Depends(refuse_repeated_id)])
+EXPLAIN_PARAMETER = {"name": "explain", "in": "query", "required": False, "schema": {"type": "boolean"},
+                     "description": "add the top TreeSHAP contributions (also a body field)"}
+TRUE, FALSE = frozenset({"true", "1", "yes", "on"}), frozenset({"false", "0", "no", "off"})
 
-    @router.post("/predict", openapi_extra=openapi_body(models.single.model_json_schema()))
-    async def predict(request: Request, explain: bool | None = None) -> Response:
+
+def explain_parameter(request: Request) -> bool:
+    """`?explain=` read by hand (FastAPI's parameter machinery costs more than the rest of a request's
+    routing); anything but a boolean word is a 422 naming it."""
+    value = request.query_params.get("explain")
+    if value is None or value.lower() in FALSE:
+        return False
+    if value.lower() in TRUE:
+        return True
+    raise ClientError(422, [{"field": "explain", "problem": "must be true or false"}])
+
+
+async def guarded(request: Request) -> None:
+    """What every /v1 request passes first: the bearer token, then the repeated-id check. Called by the
+    handlers themselves rather than as router dependencies, which FastAPI resolves at a cost per request."""
+    await require_token(request)
+    await refuse_repeated_id(request)
+
+
+def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+    single_doc = {**openapi_body(models.single.model_json_schema()), "parameters": [EXPLAIN_PARAMETER]}
+    batch_doc = {**openapi_body(batch_schema(models, config.max_batch)), "parameters": [EXPLAIN_PARAMETER]}
+
+    @router.post("/predict", openapi_extra=single_doc)
+    async def predict(request: Request) -> Response:
         """One instance -> the prediction, feature freshness, model version (+ explanation)."""
+        await guarded(request)
+        explain = explain_parameter(request)
         body = await read_json_body(request, config.max_body_bytes, config.body_timeout_seconds)
         clock = _service(request).metrics.clock()
         instance = parse_body(models.single, body, {})
         clock.lap("parse")
-        return await _respond(request, [instance], bool(explain) or instance.explain, "/v1/predict", True, clock)
+        return await _respond(request, [instance], explain or instance.explain, "/v1/predict", True, clock)
 
-    @router.post("/predict/batch", openapi_extra=openapi_body(batch_schema(models, config.max_batch)))
-    async def predict_batch(request: Request, explain: bool | None = None) -> Response:
+    @router.post("/predict/batch", openapi_extra=batch_doc)
+    async def predict_batch(request: Request) -> Response:
         """Up to `max_batch` instances in one call, answered in order."""
+        await guarded(request)
+        explain = explain_parameter(request)
         body = await read_json_body(request, config.max_body_bytes, config.body_timeout_seconds)
         clock = _service(request).metrics.clock()
         check_batch_size(body, config.max_batch)
         batch = parse_body(models.batch, body, {})
         clock.lap("parse")
-        return await _respond(request, list(batch.instances), bool(explain) or batch.explain,
+        return await _respond(request, list(batch.instances), explain or batch.explain,
                               "/v1/predict/batch", False, clock)
 
     @router.post("/events/{source}", openapi_extra=openapi_body(EVENTS_BODY))
     async def push_events(request: Request, source: str) -> Response:
         """Events of a source (e.g. an arrival just reported): the next prediction in every worker counts them.
         The write runs off the event loop: a store busy with a rewrite must not stall predictions."""
+        await guarded(request)
         body = await read_json_body(request, config.max_body_bytes, config.body_timeout_seconds)
         events = parse_events(body, config.max_events)
         try:
