@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -113,13 +114,19 @@ class Lake:
 
     def write_view(self, view: str, df: pl.DataFrame, month_column: str) -> list[Path]:
         """Store a feature view's events as hive-partitioned parquet (one file per month of known-at time)."""
+        parts = ((month, part.drop(month_column))
+                 for (month,), part in df.partition_by(month_column, as_dict=True).items())
+        return self.write_view_parts(view, parts)
+
+    def write_view_parts(self, view: str, parts: Iterable[tuple[str, pl.DataFrame]]) -> list[Path]:
+        """Store a view month by month (each month's events once), replacing the stored view at the end."""
         tmp_root = self.offline_store_dir / f".{view}.tmp"
         shutil.rmtree(tmp_root, ignore_errors=True)
         paths = []
-        for (month,), part in df.partition_by(month_column, as_dict=True).items():
+        for month, part in parts:
             path = tmp_root / f"month={month}" / "data.parquet"
             path.parent.mkdir(parents=True, exist_ok=True)
-            part.drop(month_column).write_parquet(path, compression="zstd")
+            part.write_parquet(path, compression="zstd")
             paths.append(self.view_dir(view) / f"month={month}" / "data.parquet")
         old = self.offline_store_dir / f".{view}.old"
         shutil.rmtree(old, ignore_errors=True)
@@ -129,11 +136,17 @@ class Lake:
         shutil.rmtree(old, ignore_errors=True)
         return sorted(paths)
 
-    def read_view(self, view: str) -> pl.DataFrame:
+    def read_view(self, view: str, months: list[str] | None = None) -> pl.DataFrame:
+        """The view's events (in stored order); `months` (known-at months, %Y-%m) reads only those partitions."""
         path = self.view_dir(view)
         if not path.exists():
             raise FileNotFoundError(f"feature view {view!r} is not materialized ({path})")
-        return pl.read_parquet(path / "**" / "*.parquet", hive_partitioning=True).drop("month")
+        if months is None:
+            return pl.read_parquet(path / "**" / "*.parquet", hive_partitioning=True).drop("month")
+        files = [path / f"month={m}" / "data.parquet" for m in months if (path / f"month={m}" / "data.parquet").exists()]
+        if not files:
+            return pl.read_parquet(next(path.glob("month=*/data.parquet"))).clear()
+        return pl.concat([pl.read_parquet(f) for f in files])
 
 
 def training_set_dir(root: Path) -> Path:

@@ -6,13 +6,16 @@ as month-partitioned parquet of events in the offline store.
 """
 
 
+import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
 
 from mlops_assets.features.online_store import EVENT_ID, SEQ
-from mlops_assets.features.repository import view_events, view_feature_names, with_pushed
+from mlops_assets.features.repository import view_columns, view_events, view_feature_names, with_pushed
 from mlops_assets.features.sources import prepare_all
 from mlops_assets.lake import Lake
 from mlops_assets.metadata import frame_metadata
@@ -31,6 +34,109 @@ def load_prepared(store: Lake, project: LoadedProject, sources: list[str]) -> di
     raw = {n: store.read_reference(n) if spec.sources[n].kind == "reference" else store.read_batches(n)
            for n in needed}
     return prepare_all(project, raw)
+
+
+def _prepared_batches(store: Lake, project: LoadedProject, source: str, views: list[str], scratch: Path) -> list[str]:
+    """The source prepared one validated batch at a time, each batch's view columns to a scratch parquet
+    file; returns the columns kept, in the prepared order (so `where` columns come out the same)."""
+    spec = project.spec
+    derive = spec.sources[source].derive
+    references = {n: store.read_reference(n) for n in (derive.inputs if derive else [])}
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    available: list[str] = []
+    for i, period in enumerate(store.available_periods(source)):
+        prepared = prepare_all(project, {source: store.read_batches(source, [period]), **references})[source]
+        wanted = {c for name in views for c in view_columns(spec, name, prepared.columns)}
+        available = [c for c in prepared.columns if c in wanted]
+        prepared.select(available).write_parquet(scratch / f"{i:06d}.parquet")
+    if not available:
+        raise FileNotFoundError(f"no validated {source} batches in {store.root / 'warehouse' / source}")
+    return available
+
+
+def source_view_events(store: Lake, project: LoadedProject, source: str,
+                       views: list[str]) -> Iterator[tuple[str, pl.DataFrame]]:
+    """Each view's events, the source prepared one validated batch at a time, so memory follows the views'
+    own columns rather than every prepared column of every period at once.
+
+    Equal to `view_events` on `load_prepared` (same rows, same order: the batches in period order, then the
+    stable sort by known-at) because `derive` adds columns row by row (it may not change the row count).
+    """
+    spec = project.spec
+    if spec.sources[source].kind == "reference":
+        prepared = load_prepared(store, project, [source])[source]
+        yield from ((name, view_events(spec, name, prepared)) for name in views)
+        return
+    scratch = store.offline_store_dir / f".{source}.prepared"
+    try:
+        available = _prepared_batches(store, project, source, views, scratch)
+        for name in views:
+            columns = view_columns(spec, name, available)
+            yield name, view_events(spec, name, pl.scan_parquet(scratch / "*.parquet").select(columns).collect())
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def write_source_views(store: Lake, project: LoadedProject, source: str, views: list[str]) -> dict[str, int]:
+    """`source_view_events` + `store_view` one known-at month at a time: memory follows one month of one
+    view. Returns the events stored per view.
+
+    The same files as storing the whole view: a month's events are those of the whole view's stable sort
+    that fall in it, in the same order (filtering by known-at before the sort keeps their input order).
+    Pushed events are not merged here (the feature-view asset does that).
+    """
+    spec = project.spec
+    if spec.sources[source].kind == "reference":
+        counts = {}
+        for name, events in source_view_events(store, project, source, views):
+            known_at = spec.feature_views[name].known_at
+            month = pl.col(known_at).dt.strftime("%Y-%m") if known_at else pl.lit(STATIC_PARTITION)
+            store.write_view(name, events.with_columns(month.alias("month")), "month")
+            counts[name] = events.height
+        return counts
+    scratch = store.offline_store_dir / f".{source}.prepared"
+    counts = {}
+    try:
+        available = _prepared_batches(store, project, source, views, scratch)
+        for name in views:
+            view, lazy = spec.feature_views[name], pl.scan_parquet(scratch / "*.parquet")
+            lazy = lazy.select(view_columns(spec, name, available))
+            if view.known_at is None:
+                events = view_events(spec, name, lazy.collect())
+                store.write_view_parts(name, [(STATIC_PARTITION, events)])
+                counts[name] = events.height
+                continue
+            tally = [0]
+            store.write_view_parts(name, _month_parts(spec, name, lazy, tally))
+            counts[name] = tally[0]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return counts
+
+
+def _month_parts(spec: Project, name: str, lazy: pl.LazyFrame, tally: list[int]) -> Iterator[tuple[str, pl.DataFrame]]:
+    """The view's events of each UTC known-at month (non-empty ones), counted into `tally[0]`."""
+    t = pl.col(spec.feature_views[name].known_at)
+    first, last = lazy.select(t.min(), t.max().alias("__last")).collect().row(0)
+    for label, lo, hi in _utc_months(first, last):
+        part = view_events(spec, name, lazy.filter((t >= lo) & (t < hi)).collect())
+        if part.height:
+            tally[0] += part.height
+            yield label, part
+
+
+def _utc_months(first: datetime | None, last: datetime | None) -> list[tuple[str, datetime, datetime]]:
+    """(%Y-%m, start, end) of every UTC month from first's to last's."""
+    if first is None or last is None:
+        return []
+    out, year, month = [], first.astimezone(UTC).year, first.astimezone(UTC).month
+    last = last.astimezone(UTC)
+    while (year, month) <= (last.year, last.month):
+        nxt = (year + 1, 1) if month == 12 else (year, month + 1)
+        out.append((f"{year}-{month:02d}", datetime(year, month, 1, tzinfo=UTC), datetime(*nxt, 1, tzinfo=UTC)))
+        year, month = nxt
+    return out
 
 
 def view_metadata(project: Project, name: str) -> dict[str, str]:
@@ -60,11 +166,9 @@ def _views_asset(project: Project, source: str, views: list[str]) -> dg.AssetsDe
                project: ProjectResource) -> Iterator[dg.MaterializeResult]:
         """The source's views from its validated batches plus the events pushed to the service."""
         store, db, loaded = lake.get(), online.get(), project.get()
-        prepared = load_prepared(store, loaded, [source])[source]
-        for name in views:
+        for name, events in source_view_events(store, loaded, source, views):
             pushed = db.pushed_frame(loaded.spec, name).drop(EVENT_ID, SEQ, strict=False)
-            events = with_pushed(loaded.spec, name, view_events(loaded.spec, name, prepared), pushed)
-            yield store_view(store, loaded.spec, name, events)
+            yield store_view(store, loaded.spec, name, with_pushed(loaded.spec, name, events, pushed))
 
     return _asset
 

@@ -35,6 +35,7 @@ from mlops_assets.project.spec import Project
 
 EVENT_ID = "__event_id"
 SEQ = "__seq"
+WRITE_CHUNK_ROWS = 100_000  # rows given event ids and turned into tuples at a time: memory bounded by it
 T = TypeVar("T")
 __all__ = ["EVENT_ID", "SEQ", "EventError", "OnlineStore", "PushResult", "StoredView", "UnknownSource",
            "default_retention"]
@@ -132,20 +133,19 @@ class OnlineStore:
         view = project.feature_views[view_name]
         dtypes = view_dtypes(project, view_name)
         keys = view_keys(project, view_name)
-        frame = events.select([pl.col(c).cast(t) for c, t in dtypes.items() if c in events.columns])
-        frame = frame.drop_nulls(keys)
+        lazy = events.lazy().select([pl.col(c).cast(t) for c, t in dtypes.items() if c in events.columns])
+        lazy = lazy.drop_nulls(keys)  # one plan: no full-size intermediate copy per step
         horizon = None
         if view.known_at is None:
-            frame = frame.unique(subset=keys, keep="last", maintain_order=True)
+            frame = lazy.unique(subset=keys, keep="last", maintain_order=True).collect()
         else:
-            frame = frame.drop_nulls([view.known_at]).sort(view.known_at, maintain_order=True)
+            frame = lazy.drop_nulls([view.known_at]).sort(view.known_at, maintain_order=True).collect()
             latest = frame[view.known_at].max()
             if retention is not None and latest is not None:
                 horizon = _as_utc(latest) - retention
                 frame = frame.filter(pl.col(view.known_at) > horizon)
-        frame = frame.with_columns(event_id_expr(view, dtypes).alias(EVENT_ID))
         columns = [c for c in dtypes if c in frame.columns]
-        rows = encode_frame(frame, [*columns, EVENT_ID], dtypes).rows()
+        event_id = event_id_expr(view, dtypes).alias(EVENT_ID)
         table = _table(project, view_name)
         affinity = {c: "REAL" if dtypes[c] == pl.Float64 else "TEXT" if dtypes[c] == pl.String else "INTEGER"
                     for c in columns}
@@ -156,12 +156,14 @@ class OnlineStore:
             conn.execute(f'DROP TABLE IF EXISTS "{table}"')
             conn.execute(f'CREATE TABLE "{table}" ({definition})')
             marks = ", ".join("?" * (len(columns) + 1))
-            conn.executemany(f'INSERT INTO "{table}" VALUES ({marks})', rows)
+            for chunk in frame.iter_slices(WRITE_CHUNK_ROWS):  # ids, storage values, tuples: a chunk at a time
+                encoded = encode_frame(chunk.with_columns(event_id), [*columns, EVENT_ID], dtypes)
+                conn.executemany(f'INSERT INTO "{table}" VALUES ({marks})', encoded.iter_rows())
             conn.execute("INSERT OR REPLACE INTO views VALUES (?, ?, ?, ?, ?, ?)",
                          (view_name, int(view.known_at is None), None if horizon is None else _epoch_us(horizon),
-                          len(rows), generation, datetime.now(UTC).isoformat()))
+                          frame.height, generation, datetime.now(UTC).isoformat()))
             conn.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(generation),))
-            return len(rows)
+            return frame.height
 
         return self._transaction(work)
 

@@ -6,13 +6,19 @@ Pure functions (no Dagster): the `training_set` asset, batch scoring and replay 
 from __future__ import annotations
 
 import hashlib
-from datetime import timedelta
+import json
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from mlops_assets.contract import PERIOD, PREDICTION_TIME, SPLIT
-from mlops_assets.features.repository import offline_features
+from mlops_assets.features.repository import is_static, offline_features, view_aggregations
 from mlops_assets.features.request_features import calendar_features
+from mlops_assets.features.sources import prepare_all
+from mlops_assets.lake import Lake, training_set_dir
 from mlops_assets.project.loading import LoadedProject
 from mlops_assets.project.spec import BinSlice, Granularity, LabelSpec, Project
 
@@ -92,8 +98,16 @@ def examples_frame(project: LoadedProject, sources: dict[str, pl.DataFrame], lab
 
 def assign_splits(frame: pl.DataFrame, project: Project) -> pl.DataFrame:
     """Newest periods test, the ones before validate, `gap` periods dropped before each; the rest train."""
+    out = frame.with_columns(split_role(frame[PERIOD].unique().to_list(), project).alias(SPLIT))
+    out = out.filter(pl.col(SPLIT).is_not_null())
+    _check_rows(out, project)
+    return out
+
+
+def split_role(periods: list[str], project: Project) -> pl.Expr:
+    """The split of each period as an expression on PERIOD (null: a dropped gap period)."""
     split = project.split
-    periods = sorted(frame[PERIOD].unique().to_list())
+    periods = sorted(periods)
     needed = split.test + split.validation + 2 * split.gap + 1
     if len(periods) < needed:
         raise ValueError(f"the split needs at least {needed} {split.granularity}s of examples "
@@ -104,21 +118,22 @@ def assign_splits(frame: pl.DataFrame, project: Project) -> pl.DataFrame:
     validation = periods[validation_end - split.validation:validation_end]
     train_end = validation_end - split.validation - split.gap
     train = periods[:train_end]
-    role = (pl.when(pl.col(PERIOD).is_in(test)).then(pl.lit("test"))
+    return (pl.when(pl.col(PERIOD).is_in(test)).then(pl.lit("test"))
             .when(pl.col(PERIOD).is_in(validation)).then(pl.lit("validation"))
             .when(pl.col(PERIOD).is_in(train)).then(pl.lit("train")))
-    out = frame.with_columns(role.alias(SPLIT)).filter(pl.col(SPLIT).is_not_null())
-    _check_rows(out, project)
-    return out
 
 
 def _check_rows(frame: pl.DataFrame, project: Project) -> None:
     """Too few validation or test rows make a degenerate model look blessed: refuse them."""
-    counts = dict(frame.group_by(SPLIT).len().iter_rows())
+    counts = frame.group_by(SPLIT, PERIOD).len()
+    _check_counts({(r, p): n for r, p, n in counts.iter_rows()}, project)
+
+
+def _check_counts(counts: dict[tuple[str, str], int], project: Project) -> None:
     for role in ("validation", "test"):
-        rows = counts.get(role, 0)
+        rows = sum(n for (r, _), n in counts.items() if r == role)
         if rows < project.split.min_rows:
-            periods = sorted(frame.filter(pl.col(SPLIT) == role)[PERIOD].unique().to_list())
+            periods = sorted(p for (r, p) in counts if r == role)
             raise ValueError(f"the {role} split has {rows} rows (periods {periods}), fewer than "
                              f"split.min_rows={project.split.min_rows}: declare more {role} periods or a coarser "
                              "split.granularity")
@@ -144,3 +159,77 @@ def split_summary(frame: pl.DataFrame) -> dict[str, dict[str, object]]:
     counts = frame.group_by(SPLIT).agg(rows=pl.len(), periods=pl.col(PERIOD).unique().sort())
     return {r[SPLIT]: {"rows": r["rows"], "first": r["periods"][0], "last": r["periods"][-1],
                        "periods": len(r["periods"])} for r in counts.to_dicts()}
+
+
+def write_training_set_by_period(project: LoadedProject, store: Lake) -> tuple[Path, str, int]:
+    """`build_training_set` one validated batch (period) of the examples' source at a time, written to the
+    lake as it goes: memory follows one period, not the whole history. Returns path, content hash, rows.
+
+    Same rows in the same order as `build_training_set` on every batch: a period's examples have their
+    prediction times in that period (sorted within it), and each view is read from the offline store for
+    the months its longest window reaches back from them. Counts and lasts are identical; sums and means
+    can differ in the last bits (each part's prefix sums start from zero), far below 1e-9 relative, so the
+    content hash can differ from the whole-history build's. A label from the future, which needs the next
+    period, is refused (use `build_training_set`).
+    """
+    spec = project.spec
+    if spec.label.future is not None:
+        raise ValueError("a future label reads the next period: build the training set whole")
+    source = spec.examples.source
+    derive = spec.sources[source].derive
+    references = {n: store.read_reference(n) for n in (derive.inputs if derive else [])}
+    periods = store.available_periods(source)
+    role = split_role(periods, spec)
+    names = list(spec.feature_views)
+    static = {n: store.read_view(n) for n in names if is_static(spec, n)}
+    reach = {n: max(a.window for a in view_aggregations(spec, n)) for n in names if n not in static}
+    folder = training_set_dir(store.root)
+    folder.mkdir(parents=True, exist_ok=True)
+    partial = folder / f".writing-{os.getpid()}.parquet"
+    writer, digest, schema, counts = None, None, None, {}
+    try:
+        for period in periods:
+            prepared = prepare_all(project, {source: store.read_batches(source, [period]), **references})
+            examples = examples_frame(project, prepared)
+            del prepared
+            if examples.height == 0:
+                continue
+            if examples[PERIOD].unique().to_list() != [period]:
+                raise ValueError(f"batch {period} holds examples of periods {examples[PERIOD].unique().to_list()}")
+            first, last = examples[PREDICTION_TIME].min(), examples[PREDICTION_TIME].max()
+            views = {n: static[n] if n in static else store.read_view(n, _months(first - reach[n], last))
+                     for n in names}
+            part = offline_features(spec, examples, views, names).with_columns(role.alias(SPLIT))
+            part = part.filter(pl.col(SPLIT).is_not_null())
+            if part.height == 0:
+                continue
+            if writer is None:
+                schema, digest = part.schema, hashlib.sha256(str(part.schema).encode())
+                writer = pq.ParquetWriter(partial, part.to_arrow().schema)
+            part = part.cast(dict(schema))
+            digest.update(part.hash_rows(seed=0).to_numpy().tobytes())
+            writer.write_table(part.to_arrow())
+            counts[(part[SPLIT][0], period)] = part.height
+        if writer is None:
+            raise ValueError(f"no labelled examples in the {source} batches")
+        writer.close()
+        _check_counts(counts, spec)
+        content = digest.hexdigest()[:16]
+        path = folder / f"{content}.parquet"
+        os.replace(partial, path)
+        (folder / "current.json").write_text(json.dumps({"hash": content, "path": str(path)}))
+        return path, content, sum(counts.values())
+    finally:
+        if writer is not None:
+            writer.close()
+        partial.unlink(missing_ok=True)
+
+
+def _months(start: datetime, end: datetime) -> list[str]:
+    """The UTC months (%Y-%m, the offline store's partitions) from start's to end's."""
+    start, end = start.astimezone(UTC), end.astimezone(UTC)
+    months, year, month = [], start.year, start.month
+    while (year, month) <= (end.year, end.month):
+        months.append(f"{year}-{month:02d}")
+        year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return months
