@@ -33,6 +33,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Literal, NoReturn, get_args
 
 import numpy as np
@@ -146,6 +147,10 @@ class _Plan:
     @property
     def max_window_us(self) -> int:
         return self.windows_us[-1]
+
+    @cached_property
+    def arithmetic(self) -> _Arithmetic:
+        return _Arithmetic.of(self)
 
     def input_name(self, column: str) -> str:
         return f"__in{self.columns.index(column)}"
@@ -675,7 +680,10 @@ class OnlineWindows:
         for rows, read in ((packed, self._packed.read), (changed, self._read_per_key)):
             found, found_latest, columns = read(plan, [keys[i] for i in rows], [t_us[i] for i in rows],
                                                 self._offsets) if rows else ([], [], {})
-            if found:
+            if len(found) == n:  # every query of the batch had events: the columns are the answer as they are
+                values.update(columns)
+                latest = found_latest
+            elif found:
                 for c in plan.compiled:
                     column = values[c.name]
                     for q, value in zip(found, columns[c.name], strict=True):
@@ -702,7 +710,7 @@ class OnlineWindows:
         sums = at[:, :, :1] - at[:, :, 1:]
         latest = [int(history.ts[bounds[0] - 1]) for _, history, bounds in hits]
         return ([i for i, _, _ in hits], latest,
-                {c.name: _batch_read(c, sums, lambda c, ok: _scan_per_key(c, ok, hits)) for c in plan.compiled})
+                _read_all(plan, sums, lambda c, ok: _scan_per_key(c, ok, hits)))
 
 
 REPACK_MIN, REPACK_SHARE = 64, 0.02
@@ -724,15 +732,20 @@ class _Packed:
         n_chan, n_ext, n_last = len(plan.channels), len(plan.extremes), len(plan.lasts)
         self.ts = np.concatenate([h.ts[:h.n] for _, h in held]) if held else np.empty(0, dtype=np.int64)
         self.chan = np.concatenate([h.chan[:, :h.n] for _, h in held], axis=1) if held else np.empty((n_chan, 0))
-        self.sums = (np.concatenate([h.sums[:, :h.n + 1] for _, h in held], axis=1) if held
-                     else np.empty((n_chan, 0)))
+        # (positions, channels): a query's channels share a cache line or two (the gather is cache-bound)
+        self.sums = (np.ascontiguousarray(np.concatenate([h.sums[:, :h.n + 1] for _, h in held], axis=1).T)
+                     if held else np.empty((0, n_chan)))
         self.ext = np.concatenate([h.ext[:, :h.n] for _, h in held], axis=1) if held else np.empty((n_ext, 0))
         self.last = (np.concatenate([h.last[:, :h.n] for _, h in held], axis=1) if held
                      else np.empty((n_last, 0), dtype=object))
-        self.distinct = np.unique(self.ts)
-        self.width = len(self.distinct) + 1
         segments = np.repeat(np.arange(len(held), dtype=np.int64), sizes)
-        self.codes = segments * self.width + self.distinct.searchsorted(self.ts, side="right")
+        self.base = int(self.ts.min()) if len(self.ts) else 0
+        self.span = (int(self.ts.max()) - self.base + 2) if len(self.ts) else 2
+        self.distinct: np.ndarray | None = None
+        if len(held) * self.span >= 2**62:  # times too spread for (segment, time) in an int64: rank them
+            self.distinct = np.unique(self.ts)
+            self.span = len(self.distinct) + 1
+        self.codes = segments * self.span + self._time_code(self.ts)
         self._tables: dict[int, np.ndarray] = {}
         self._latest: dict[int, np.ndarray] = {}
 
@@ -744,18 +757,25 @@ class _Packed:
         if not len(queries):
             return [], [], {}
         seg, t = segment[queries], np.asarray(t_us, dtype=np.int64)[queries]
-        ranks = self.distinct.searchsorted(t[None, :] - offsets[:, None], side="right")
-        upper = self.codes.searchsorted(seg * self.width + ranks, side="right")  # (1 + windows, queries)
+        needles = seg * self.span + self._time_code(t[None, :] - offsets[:, None])
+        upper = self.codes.searchsorted(needles, side="right")  # (1 + windows, queries)
         counts = upper - self.starts[seg]
         hit = np.flatnonzero(counts[0] > 0)
         if not len(hit):
             return [], [], {}
         upper, counts, seg = upper[:, hit], counts[:, hit], seg[hit]
-        at = self.sums[:, self.sum_starts[seg] + counts]  # (channels, 1 + windows, hits)
-        sums = np.transpose(at[:, :1, :] - at[:, 1:, :], (2, 0, 1))
+        at = self.sums[self.sum_starts[seg] + counts]  # (1 + windows, hits, channels)
+        sums = np.transpose(at[:1] - at[1:], (1, 2, 0))
         latest = self.ts[upper[0] - 1].tolist()
         return (queries[hit].tolist(), latest,
-                {c.name: _batch_read(c, sums, lambda c, ok: self._scan(c, ok, upper)) for c in plan.compiled})
+                _read_all(plan, sums, lambda c, ok: self._scan(c, ok, upper)))
+
+    def _time_code(self, t: np.ndarray) -> np.ndarray:
+        """A time's place within a segment's codes: events get 1..span-1; a query the count of events at or
+        before it lands right after them (clipped: before every event 0, after every event span-1)."""
+        if self.distinct is not None:
+            return self.distinct.searchsorted(t, side="right")
+        return np.clip(t - self.base + 1, 0, self.span - 1)
 
     def _scan(self, c: _Compiled, ok: list[bool], upper: np.ndarray) -> list[object]:
         """min/max over each window from a sparse table, last from the latest flagged event before the bound."""
@@ -825,29 +845,65 @@ def _reader(c: _Compiled) -> Reader:
 
 
 Scan = Callable[[_Compiled, list[bool]], list[object]]
+ARITHMETIC = ("count", "sum", "mean", "share")
 
 
-def _batch_read(c: _Compiled, sums: np.ndarray, scan: Scan) -> list[object]:
-    """The vector twin of `_reader(c)` over a batch: `sums[q, channel, window]` are the window sums of
-    query q; the arithmetic is the scalar readers' (IEEE doubles either way), so values are identical.
-    min, max and last need the events themselves: `scan` reads them for the queries with `ok`."""
-    w, flag = c.window, c.flag
-    count = sums[:, flag, w]
-    if c.function == "count":
-        return count.tolist()
-    ok = (count > 0).tolist()
-    if c.function in ("min", "max", "last"):
-        return scan(c, ok)
-    total = sums[:, c.value, w]
-    if c.function == "share":
-        result = np.divide(total, count, out=np.zeros_like(total), where=count > 0)
-    else:
-        if c.nonfinite[0] >= 0:
-            nan, pos, neg = (sums[:, ch, w] > 0 for ch in c.nonfinite)
-            if (nan | pos | neg).any():  # rare: np.select costs more than the rest of the aggregation
-                total = np.select([nan | (pos & neg), pos, neg], [math.nan, math.inf, -math.inf], total)
-        result = np.divide(total, count, out=np.zeros_like(total), where=count > 0) if c.function == "mean" else total
-    return [value if good else None for value, good in zip(result.tolist(), ok, strict=True)]
+@dataclass(frozen=True)
+class _Arithmetic:
+    """The count/sum/mean/share aggregations of a plan as index arrays into `sums[q, channel, window]`, so
+    a batch evaluates all of them in a few numpy calls (per aggregation it would be ten small ones)."""
+
+    compiled: list[_Compiled]
+    flags: np.ndarray
+    values: np.ndarray
+    windows: np.ndarray
+    is_count: np.ndarray
+    is_sum: np.ndarray
+    nonfinite: list[int]  # positions in `compiled` of sums/means over inputs that may hold NaN/inf
+
+    @classmethod
+    def of(cls, plan: _Plan) -> _Arithmetic:
+        compiled = [c for c in plan.compiled if c.function in ARITHMETIC]
+        return cls(compiled, np.array([c.flag for c in compiled], dtype=np.int64),
+                   np.array([c.flag if c.function == "count" else c.value for c in compiled], dtype=np.int64),
+                   np.array([c.window for c in compiled], dtype=np.int64),
+                   np.array([c.function == "count" for c in compiled]), np.array([c.function == "sum" for c in compiled]),
+                   [j for j, c in enumerate(compiled) if c.function in ("sum", "mean") and c.nonfinite[0] >= 0])
+
+
+def _read_all(plan: _Plan, sums: np.ndarray, scan: Scan) -> dict[str, list[object]]:
+    """Every aggregation of a batch, the vector twin of `_reader` (same IEEE arithmetic, so identical values):
+    `sums[q, channel, window]` are query q's window sums; min, max and last read the events through `scan`."""
+    arithmetic = plan.arithmetic
+    out: dict[str, list[object]] = {}
+    if arithmetic.compiled:
+        counts = sums[:, arithmetic.flags, arithmetic.windows]  # (queries, aggregations)
+        totals = sums[:, arithmetic.values, arithmetic.windows]
+        if arithmetic.nonfinite:
+            _put_back_nonfinite(arithmetic, sums, totals)
+        ok = counts > 0
+        ratios = np.divide(totals, counts, out=np.zeros_like(totals), where=ok)
+        result = np.where(arithmetic.is_count, counts, np.where(arithmetic.is_sum, totals, ratios))
+        columns, every = result.T.tolist(), ok.all(axis=0).tolist()
+        masks = ok.T.tolist() if not all(every) else []
+        for j, c in enumerate(arithmetic.compiled):
+            if c.function == "count" or every[j]:
+                out[c.name] = columns[j]
+            else:
+                out[c.name] = [value if good else None for value, good in zip(columns[j], masks[j], strict=True)]
+    for c in plan.compiled:
+        if c.function not in ARITHMETIC:
+            out[c.name] = scan(c, (sums[:, c.flag, c.window] > 0).tolist())
+    return {c.name: out[c.name] for c in plan.compiled}
+
+
+def _put_back_nonfinite(arithmetic: _Arithmetic, sums: np.ndarray, totals: np.ndarray) -> None:
+    """IEEE sum semantics for the aggregations whose inputs held NaN/inf in the window (rare: checked first)."""
+    for j in arithmetic.nonfinite:
+        c = arithmetic.compiled[j]
+        nan, pos, neg = (sums[:, ch, c.window] > 0 for ch in c.nonfinite)
+        if (nan | pos | neg).any():
+            totals[:, j] = np.select([nan | (pos & neg), pos, neg], [math.nan, math.inf, -math.inf], totals[:, j])
 
 
 def _scan_per_key(c: _Compiled, ok: list[bool], hits: list[tuple[int, _History, np.ndarray]]) -> list[object]:

@@ -76,17 +76,15 @@ class ViewState:
             return ViewColumns(self.names, columns, [None] * n, [row is not None for row in found])
         batch = self.windows.compute_columns(keys, t_us) if n > PER_KEY_MAX else self._per_key(keys, t_us)
         columns = list(batch.values.values())
-        ages: list[float | None] = [None] * n
-        known = [False] * n
-        for i, (key, us, complete, latest) in enumerate(zip(keys, t_us, batch.complete, batch.latest_known_at_us,
-                                                            strict=True)):
-            if None in key:
-                continue
-            if not complete:
+        ages = [None if latest is None else max(0.0, (us - latest) / 1e6)
+                for us, latest in zip(t_us, batch.latest_known_at_us, strict=True)]
+        known = [latest is not None for latest in batch.latest_known_at_us]
+        partial = [i for i, complete in enumerate(batch.complete) if not complete]
+        for i in [i for i, key in enumerate(keys) if None in key] + partial:
+            ages[i], known[i] = None, False
+            if None not in keys[i]:  # before the history held: missing, not an empty window
                 for column in columns:
                     column[i] = None
-            elif latest is not None:
-                ages[i], known[i] = max(0.0, (us - latest) / 1e6), True
         return ViewColumns(list(batch.values), columns, ages, known)
 
 
