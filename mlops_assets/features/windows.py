@@ -757,8 +757,11 @@ class _Packed:
         if not len(queries):
             return [], [], {}
         seg, t = segment[queries], np.asarray(t_us, dtype=np.int64)[queries]
-        needles = seg * self.span + self._time_code(t[None, :] - offsets[:, None])
-        upper = self.codes.searchsorted(needles, side="right")  # (1 + windows, queries)
+        needles = (seg * self.span + self._time_code(t[None, :] - offsets[:, None])).ravel()
+        order = np.argsort(needles, kind="stable")  # searched in order: each search starts where the last ended
+        upper = np.empty_like(needles)
+        upper[order] = self.codes.searchsorted(needles[order], side="right")
+        upper = upper.reshape(len(offsets), len(seg))  # (1 + windows, queries)
         counts = upper - self.starts[seg]
         hit = np.flatnonzero(counts[0] > 0)
         if not len(hit):
