@@ -164,6 +164,25 @@ def test_pushes_are_seen_by_another_connection_in_order(weather, tmp_path: Path)
     assert reader.pushed_frame(spec, "daily_weather", after_seq=1)[SEQ].to_list() == [2]
 
 
+def test_the_push_mark_tells_another_process_what_is_new_without_a_query(weather, tmp_path: Path) -> None:
+    """The mark (shared memory beside the store) moves with every stored push and never back; a duplicate
+    push stores nothing and leaves it; a store whose mark cannot be mapped makes readers always query."""
+    spec = weather[0].spec
+    writer, reader = OnlineStore(tmp_path / "store.db"), OnlineStore(tmp_path / "store.db")
+    row = {"location": "Seattle", "date": "2016-01-01", "precipitation": 0.0, "temp_max": 9.5, "temp_min": 2.0,
+           "wind": 3.1, "weather": "sun", "known_at": "2016-01-02T00:00:00Z"}
+    assert not reader.pushed_after(0)
+    writer.push(spec, "weather", [row])
+    assert reader.pushed_after(0) and not reader.pushed_after(1)
+    writer.push(spec, "weather", [row])  # a duplicate: nothing stored, nothing new
+    assert not reader.pushed_after(1)
+    writer.push(spec, "weather", [{**row, "date": "2016-01-02"}])
+    assert reader.pushed_after(1) and reader.pushed_since(spec, 1)[0] == 2
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro" / "store.db.pushed").mkdir()  # cannot be mapped
+    assert OnlineStore(tmp_path / "ro" / "store.db").pushed_after(10**9)
+
+
 def test_default_retention_covers_the_longest_window(weather, flights) -> None:
     assert default_retention(weather[0].spec, "daily_weather") == timedelta(days=29)
     assert default_retention(flights[0].spec, "route_delay_stats") == timedelta(days=29)

@@ -12,7 +12,10 @@ training appends it to the offline events (`pushed_frame`).
 from __future__ import annotations
 
 import json
+import mmap
+import os
 import sqlite3
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -89,12 +92,56 @@ def _epoch_us(moment: datetime) -> int:
     return (moment - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)
 
 
+class PushMark:
+    """The newest pushed seq in 8 bytes of shared memory beside the store (`<store>.pushed`, memory-mapped
+    by every process): a reader learns that nothing was pushed without a SQLite round trip. Writers set it
+    inside their write transaction (SQLite serialises them, so it only grows), before the commit, so a
+    reader that sees it unchanged has nothing new to fetch; one that sees it moved queries, and takes the
+    seq from the rows it gets."""
+
+    def __init__(self, path: Path) -> None:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            if os.fstat(fd).st_size < MARK_BYTES:
+                os.ftruncate(fd, MARK_BYTES)
+            self._map = mmap.mmap(fd, MARK_BYTES)
+        finally:
+            os.close(fd)
+
+    def read(self) -> int:
+        return int(struct.unpack_from("<q", self._map)[0])
+
+    def write(self, seq: int) -> None:
+        struct.pack_into("<q", self._map, 0, seq)
+
+
+MARK_BYTES = 8
+
+
 class OnlineStore:
     """SQLite-backed store (WAL); one connection per thread; every write is one transaction."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._local = threading.local()
+        self._mark: PushMark | None = None
+        self._mark_failed = False
+
+    def push_mark(self) -> PushMark | None:
+        """The store's push mark (None where it cannot be mapped, e.g. a read-only folder: then every
+        reader queries)."""
+        if self._mark is None and not self._mark_failed:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._mark = PushMark(self.path.with_name(self.path.name + ".pushed"))
+            except (OSError, ValueError):
+                self._mark_failed = True
+        return self._mark
+
+    def pushed_after(self, seq: int) -> bool:
+        """Whether events with a seq above `seq` may have been pushed (True unless the mark says no)."""
+        mark = self.push_mark()
+        return mark is None or mark.read() > seq
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -216,13 +263,17 @@ class OnlineStore:
                 plans.append((row, view_name, event_id, payload))
 
         def work(conn: sqlite3.Connection) -> PushResult:
-            stored, matched = set(), set()
+            stored, matched, newest = set(), set(), 0
             for row, view_name, event_id, payload in plans:
                 cursor = conn.execute("INSERT OR IGNORE INTO pushed_events (view, event_id, payload, pushed_at) "
                                       "VALUES (?, ?, ?, ?)", (view_name, event_id, payload, now))
                 matched.add(row)
                 if cursor.rowcount:
                     stored.add(row)
+                    newest = max(newest, int(cursor.lastrowid or 0))
+            mark = self.push_mark()
+            if newest and mark is not None:
+                mark.write(max(newest, mark.read()))
             return PushResult(len(stored), len(matched - stored), len(parsed) - len(matched))
 
         return self._transaction(work)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -25,6 +26,7 @@ from mlops_assets.features.windows import OnlineWindows, WindowColumns, epoch_us
 from mlops_assets.project.spec import Project
 
 log = logging.getLogger(__name__)
+QUERY_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,7 @@ class OnlineFeatures:
     def __init__(self, store: OnlineStore, project: Project, views: Sequence[str]) -> None:
         self.store, self.project, self.view_names = store, project, list(views)
         self.snapshot = Snapshot(-1, 0, {v: ViewState(project, v, None, None) for v in self.view_names})
+        self._queried = float("-inf")
 
     def load(self) -> Snapshot:
         """A fresh snapshot of the store (events, static rows, every push so far), swapped in."""
@@ -152,6 +155,13 @@ class OnlineFeatures:
         return True
 
     def _sync(self, snapshot: Snapshot) -> None:
+        """Apply what was pushed since the snapshot's seq. The store's push mark says when nothing was (no
+        SQLite round trip on the request path: under load one cost ~1.7 ms of waiting); at least every
+        QUERY_SECONDS the store is asked anyway, should the mark ever be lost."""
+        now = time.monotonic()
+        if now - self._queried < QUERY_SECONDS and not self.store.pushed_after(snapshot.last_seq):
+            return
+        self._queried = now
         last, frames = self.store.pushed_since(self.project, snapshot.last_seq, self.view_names)
         for name, frame in frames.items():
             snapshot.views[name].apply(frame)
