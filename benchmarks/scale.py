@@ -403,6 +403,12 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     figure.savefig(path)
 
 
+def step_exponents(summary: dict[str, Any], stage: str) -> list[float | None]:
+    """b between each two neighbouring factors: a fit over three points can pass while one step does not."""
+    rows, seconds = summary["flights_rows"], summary["stages"][stage]["seconds"]
+    return [exponent(rows[i:i + 2], seconds[i:i + 2]) for i in range(len(rows) - 1)]
+
+
 def goals(summary: dict[str, Any]) -> list[tuple[str, bool]]:
     out = []
     biggest = summary["factors"][-1]
@@ -410,6 +416,10 @@ def goals(summary: dict[str, Any]) -> list[tuple[str, bool]]:
         bt = s["time_exponent"]
         out.append((f"{stage}: time grows at most linearly (fitted b <= {TIME_EXPONENT_GOAL})",
                     bt is not None and bt <= TIME_EXPONENT_GOAL))
+        steps = step_exponents(summary, stage)
+        shown = ", ".join("-" if b is None else f"{b:.2f}" for b in steps)
+        out.append((f"{stage}: every step grows at most linearly (step b: {shown})",
+                    all(b is not None and b <= TIME_EXPONENT_GOAL for b in steps)))
         out.append((f"{stage}: {biggest}x completes with peak RSS <= {RSS_GOAL_GIB:g} GiB",
                     s["ok"][-1] and s["peak_rss_mb"][-1] <= RSS_GOAL_GIB * 1024))
     return out
