@@ -8,8 +8,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mlops_assets.settings import DAGSTER_DATABASE, MLFLOW_DATABASE, postgres_url, profile, state_dir
+
+if TYPE_CHECKING:
+    from dagster import DagsterInstance
 
 LOADED_AT = time.time()  # when the command's code was loaded: `run` reports its start-up from here
 MONITORS = ("drift_report", "skew_report", "model_performance", "ab_test_report")
@@ -181,7 +185,7 @@ def prepare_tracking_store() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def stage_split(instance, run_ids: dict[str, str]) -> str:
+def stage_split(instance: DagsterInstance, run_ids: dict[str, str]) -> str:
     """Where the command's seconds went, from the instance's run and step stats (what to speed up next)."""
     jobs = []
     for job_name, run_id in run_ids.items():
