@@ -86,7 +86,11 @@ class ExpectationSpec(Strict):
 
 
 class DeriveSpec(Strict):
-    """A project function (in the project's code module) that adds derived columns after validation."""
+    """A project function (in the project's code module) that adds derived columns after validation.
+
+    Row by row: a row's derived values may depend on that row and the reference inputs only, since the
+    feature views prepare a source one validated batch at a time (the row count is checked; the rest is
+    the function's contract)."""
 
     function: Name
     inputs: list[Name] = Field(default_factory=list, description="reference sources the function also receives")
