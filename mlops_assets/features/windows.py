@@ -435,17 +435,10 @@ class _OfflineWindows:
         return out
 
     def _table(self, extreme: int, op: np.ufunc, levels: int) -> np.ndarray:
-        """Flattened (levels + 1) x n sparse table, grown on demand and cached per extreme channel."""
-        n, table = self.n, self._tables.get(extreme)
-        if table is not None and len(table) >= (levels + 1) * n:
-            return table
-        table = np.empty((levels + 1) * n)
-        table[:n] = self.channels.ext[extreme][self.order]
-        for k in range(1, levels + 1):
-            half, row, prev, valid = 1 << (k - 1), k * n, (k - 1) * n, n - (1 << k) + 1
-            op(table[prev:prev + valid], table[prev + half:prev + half + valid], out=table[row:row + valid])
-            table[row + valid:row + n] = table[prev + valid:prev + n]
-        self._tables[extreme] = table
+        """The extreme channel's sparse table (events in (group, time) order), cached and grown on demand."""
+        table = self._tables.get(extreme)
+        if table is None or len(table) < (levels + 1) * self.n:
+            table = self._tables[extreme] = sparse_table(self.channels.ext[extreme][self.order], op, levels)
         return table
 
     def _last(self, c: _Compiled, ok: np.ndarray) -> pl.Series:
@@ -458,6 +451,19 @@ class _OfflineWindows:
         index = pl.Series(rows) if ok.all() else pl.Series(rows).set(pl.Series(~ok), None)
         source = self.channels.raw.get_column(self.plan.input_name(self.plan.lasts[c.last]))
         return source.gather(index).alias(c.name)
+
+
+def sparse_table(values: np.ndarray, op: np.ufunc, levels: int) -> np.ndarray:
+    """Flattened (levels + 1) x n table: level k holds `op` over the 2**k values from each position, so the
+    extreme of any range is two lookups (offline queries and the packed online batch path share it)."""
+    n = len(values)
+    table = np.empty((levels + 1) * n)
+    table[:n] = values
+    for k in range(1, levels + 1):
+        half, row, prev, valid = 1 << (k - 1), k * n, (k - 1) * n, n - (1 << k) + 1
+        op(table[prev:prev + valid], table[prev + half:prev + half + valid], out=table[row:row + valid])
+        table[row + valid:row + n] = table[prev + valid:prev + n]
+    return table
 
 
 def _masked(name: str, values: np.ndarray, ok: np.ndarray) -> pl.Series:
@@ -805,17 +811,10 @@ class _Packed:
         return self._latest[flag]
 
     def _table(self, extreme: int, op: np.ufunc, levels: int) -> np.ndarray:
-        """Flattened (levels + 1) x n sparse table of an extreme channel (as `_OfflineWindows._table`)."""
-        n, table = len(self.ts), self._tables.get(extreme)
-        if table is not None and len(table) >= (levels + 1) * n:
-            return table
-        table = np.empty((levels + 1) * n)
-        table[:n] = self.ext[extreme]
-        for k in range(1, levels + 1):
-            half, row, prev, valid = 1 << (k - 1), k * n, (k - 1) * n, n - (1 << k) + 1
-            op(table[prev:prev + valid], table[prev + half:prev + half + valid], out=table[row:row + valid])
-            table[row + valid:row + n] = table[prev + valid:prev + n]
-        self._tables[extreme] = table
+        """The extreme channel's sparse table over the packed events, cached and grown on demand."""
+        table = self._tables.get(extreme)
+        if table is None or len(table) < (levels + 1) * len(self.ts):
+            table = self._tables[extreme] = sparse_table(self.ext[extreme], op, levels)
         return table
 
 
