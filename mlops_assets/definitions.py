@@ -36,7 +36,7 @@ from mlops_assets.registry.assets import champion_model, registered_model_versio
 from mlops_assets.registry.jobs import approve_model, rollback_champion
 from mlops_assets.registry.report_asset import governance_report
 from mlops_assets.registry.review_job import request_changes
-from mlops_assets.resources import LakeResource, OnlineStoreResource, ProjectResource
+from mlops_assets.resources import InfraProbeResource, LakeResource, OnlineStoreResource, ProjectResource
 from mlops_assets.rollout.assets import rollout_assets
 from mlops_assets.settings import executor_name, project_path
 from mlops_assets.tracking import MlflowResource
@@ -110,7 +110,7 @@ def build_definitions(project_file: Path | None = None, resources: dict | None =
               governance_report, policy_backtest]
     default_resources = {"lake": LakeResource(), "online": OnlineStoreResource(),
                          "project": ProjectResource(path=str(project_file)), "mlflow_tracking": MlflowResource(),
-                         "alerts": AlertSink()}
+                         "alerts": AlertSink(), "infra_probe": InfraProbeResource()}
     return dg.Definitions(
         assets=assets, asset_checks=[serving_infra_validation],
         jobs=[*_jobs(project), approve_model, rollback_champion, request_changes],

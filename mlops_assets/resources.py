@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import dagster as dg
+from pydantic import PrivateAttr
 
 from mlops_assets.features.online_store import OnlineStore
 from mlops_assets.lake import Lake
 from mlops_assets.project.loading import LoadedProject, load_project
+from mlops_assets.registry.infra import ProbeProcess
 from mlops_assets.settings import DATA_DIR, project_path, state_dir
 
 
@@ -38,3 +40,23 @@ class ProjectResource(dg.ConfigurableResource):
 
     def get(self) -> LoadedProject:
         return load_project(Path(self.path))
+
+
+class InfraProbeResource(dg.ConfigurableResource):
+    """Fresh interpreters for infra validation. One starts when the resource is set up: for a run of the
+    in-process executor that is before its first step, so the probe's imports (most of a check's time)
+    overlap training; a step-per-process executor sets it up with the check's own step."""
+
+    _warm: ProbeProcess | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._warm = ProbeProcess()
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._warm is not None:
+            self._warm.close()
+
+    def take(self) -> ProbeProcess:
+        """The warm probe the first time, a new one after (each probe loads one model)."""
+        warm, self._warm = self._warm, None
+        return warm or ProbeProcess()

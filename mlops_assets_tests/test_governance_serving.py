@@ -4,6 +4,7 @@ Real SQLite MLflow stores, the real app, a real `mlflow ui` subprocess."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -21,10 +22,11 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from mlops_assets.registry import registry
-from mlops_assets.registry.infra import validate_serving
+from mlops_assets.registry.infra import ProbeProcess, validate_serving
 from mlops_assets.scoring_model import ScoringPyfunc
 from mlops_assets.serving.app import create_app
 from mlops_assets.serving.governance import alias_version
+from mlops_assets.serving.models import requirement_mismatches
 from mlops_assets_tests.serving_fixtures import (
     Platform,
     eventually,
@@ -167,3 +169,35 @@ def test_infra_validation_loads_and_scores_through_the_service_path(flights: Pla
     report = validate_serving(uri, canary, expected, env, latency_budget_ms=10_000, timeout_seconds=300)
     assert report.passed, report.reasons
     assert report.figures["max_abs_diff"] == 0.0 and report.figures["canary_rows"] == 40
+    assert report.warnings == []  # the pins are this interpreter's own versions
+
+
+def test_a_warm_probe_takes_the_stores_of_the_request_and_an_unused_one_ends(flights: Platform) -> None:
+    """A probe started before the model existed (no MLflow URI in its environment) loads from the stores
+    its request names; one never used is stopped; one that dies reports its last stderr line."""
+    model = flights.models["1"]
+    canary = flights.served().head(5).to_pandas()[model.features]
+    expected = ScoringPyfunc(model).predict(None, canary)
+    env = {"MLFLOW_TRACKING_URI": flights.tracking_uri, "MLFLOW_REGISTRY_URI": flights.tracking_uri}
+    saved = {k: os.environ.pop(k, None) for k in env}
+    try:
+        warm = ProbeProcess()
+    finally:
+        os.environ.update({k: v for k, v in saved.items() if v is not None})
+    report = validate_serving(f"models:/{flights.model_name}/1", canary, expected, env, 10_000, 300, warm)
+    assert report.passed, report.reasons
+    unused = ProbeProcess()
+    unused.close()
+    assert unused._proc.returncode is not None
+    missing = validate_serving(f"models:/{flights.model_name}/99", canary, expected, env, 10_000, 300)
+    assert not missing.passed and "could not be loaded or scored in a fresh process" in missing.reasons[0]
+
+
+def test_requirement_mismatches_name_what_differs(tmp_path: Path) -> None:
+    pins = tmp_path / "requirements.txt"
+    pins.write_text(f"mlflow=={importlib.metadata.version('mlflow')}\nlightgbm==0.0.1\n"
+                    "no-such-package-here==1.0\n# comment\n-r other.txt\n")
+    found = requirement_mismatches(pins)
+    assert found == [f"trained with lightgbm==0.0.1, serving has {importlib.metadata.version('lightgbm')}",
+                     "trained with no-such-package-here==1.0, serving has no no-such-package-here"]
+    assert requirement_mismatches(tmp_path / "absent.txt") == []

@@ -8,7 +8,7 @@ from mlops_assets.lake import EXPECTED, read_canary, read_record, write_record
 from mlops_assets.registry import registry, review
 from mlops_assets.registry.infra import expected_array, validate_serving
 from mlops_assets.registry.model_card import model_card
-from mlops_assets.resources import LakeResource, ProjectResource
+from mlops_assets.resources import InfraProbeResource, LakeResource, ProjectResource
 from mlops_assets.rollout.registry_steps import start_rollout
 from mlops_assets.tracking import MlflowResource, code_version, log_bytes
 
@@ -96,8 +96,8 @@ def unchanged_training_set(store, name: str, version: str, candidate: dict,
 
 @dg.asset_check(asset="registered_model_version", name=INFRA, blocking=True,
                 description="Loads the version from the registry in a fresh process; canary predictions and latency.")
-def serving_infra_validation(lake: LakeResource, project: ProjectResource,
-                             mlflow_tracking: MlflowResource) -> dg.AssetCheckResult:
+def serving_infra_validation(lake: LakeResource, project: ProjectResource, mlflow_tracking: MlflowResource,
+                             infra_probe: InfraProbeResource) -> dg.AssetCheckResult:
     spec, store = project.get().spec, lake.get()
     registered = read_record(store, "registered_model_version")
     if registered.get("reused"):
@@ -109,12 +109,13 @@ def serving_infra_validation(lake: LakeResource, project: ProjectResource,
     expected = expected_array(canary.pop(EXPECTED))
     uri = f"models:/{registered['name']}/{registered['version']}"
     report = validate_serving(uri, canary, expected, mlflow_tracking.env(), spec.infra.latency_budget_ms,
-                              spec.infra.timeout_seconds)
+                              spec.infra.timeout_seconds, infra_probe.take())
     client = mlflow_tracking.client()
     client.set_model_version_tag(registered["name"], registered["version"], "infra_valid", str(report.passed).lower())
     client.set_model_version_tag(registered["name"], registered["version"], "infra_reasons", "; ".join(report.reasons) or "ok")
-    return dg.AssetCheckResult(passed=report.passed, description="; ".join(report.reasons) or f"{uri} serves identically",
-                               metadata={**report.figures, "model_uri": uri})
+    verdict = "; ".join(report.reasons) or f"{uri} serves identically"
+    return dg.AssetCheckResult(passed=report.passed, description="; ".join([verdict, *report.warnings]),
+                               metadata={**report.figures, "model_uri": uri, "load_warnings": len(report.warnings)})
 
 
 @dg.asset(group_name=GROUP, deps=["registered_model_version"], kinds={"mlflow"})

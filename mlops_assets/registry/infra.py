@@ -9,7 +9,6 @@ A multiclass model's predictions are a probability row per canary row.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ class InfraReport:
     passed: bool
     reasons: list[str]
     figures: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # not failures: e.g. requirements pinned at other versions
 
 
 def expected_column(predictions: np.ndarray) -> np.ndarray | list[np.ndarray]:
@@ -42,21 +42,56 @@ def expected_array(column: pd.Series) -> np.ndarray:
     return np.stack([np.asarray(v, dtype=float) for v in values]) if values.dtype == object else values.astype(float)
 
 
+class ProbeProcess:
+    """A fresh interpreter for the probe, started ahead of the check (`--wait`): it imports MLflow's stores
+    and LightGBM while the run's other steps work, then loads the model when `run` hands it the URI.
+    stderr goes to a file, so a chatty child never blocks on a full pipe."""
+
+    def __init__(self) -> None:
+        self._stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115  (lives as long as the child)
+        self._proc = subprocess.Popen([sys.executable, "-m", PROBE_MODULE, "--wait"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.DEVNULL, stderr=self._stderr, text=True)
+
+    def run(self, request: dict[str, object], timeout_seconds: float) -> tuple[int, str]:
+        """(exit code, last stderr line); raises TimeoutExpired (the child killed) past the timeout."""
+        try:
+            self._proc.stdin.write(json.dumps(request) + "\n")
+            self._proc.stdin.close()
+        except BrokenPipeError:
+            pass  # the child died while importing: its exit code and stderr say why
+        try:
+            code = self._proc.wait(timeout=timeout_seconds)
+        except subprocess.TimeoutExpired:
+            self.close()
+            raise
+        self._stderr.seek(0)
+        last = (self._stderr.read().strip().splitlines() or ["no output"])[-1]
+        self._stderr.close()
+        return code, last
+
+    def close(self) -> None:
+        """Stop a child that was never used or overran; closing stdin alone ends a waiting one."""
+        if self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        if not self._stderr.closed:
+            self._stderr.close()
+
+
 def validate_serving(model_uri: str, canary: pd.DataFrame, expected: np.ndarray, env: dict[str, str],
-                     latency_budget_ms: float, timeout_seconds: float) -> InfraReport:
-    """Run the probe in a fresh interpreter and judge what it returns."""
+                     latency_budget_ms: float, timeout_seconds: float,
+                     probe: ProbeProcess | None = None) -> InfraReport:
+    """Run the probe (`probe`, started earlier, or a new one) and judge what it returns."""
+    probe = probe or ProbeProcess()
     with tempfile.TemporaryDirectory() as tmp:
         rows, out = Path(tmp) / "canary.parquet", Path(tmp) / "result.json"
         canary.to_parquet(rows)
+        request = {"uri": model_uri, "rows": str(rows), "out": str(out), "env": env}
         try:
-            proc = subprocess.run(
-                [sys.executable, "-m", PROBE_MODULE, model_uri, str(rows), str(out)],
-                env={**os.environ, **env}, capture_output=True, text=True, timeout=timeout_seconds,
-            )
+            code, last = probe.run(request, timeout_seconds)
         except subprocess.TimeoutExpired:
             return InfraReport(False, [f"loading and scoring {model_uri} took over {timeout_seconds:.0f} s"])
-        if proc.returncode != 0 or not out.exists():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        if code != 0 or not out.exists():
             last = last if len(last) <= 300 else "..." + last[-300:]
             return InfraReport(False, [f"{model_uri} could not be loaded or scored in a fresh process: {last}"])
         result = json.loads(out.read_text())
@@ -74,4 +109,4 @@ def judge(got: np.ndarray, expected: np.ndarray, result: dict, latency_budget_ms
     figures = {"max_abs_diff": max_diff, "load_seconds": float(result["load_seconds"]),
                "single_row_p50_ms": float(result["single_row_p50_ms"]), "single_row_p99_ms": p99,
                "canary_rows": float(got.shape[0]) if got.ndim else 0.0}
-    return InfraReport(not reasons, reasons, figures)
+    return InfraReport(not reasons, reasons, figures, result.get("load_warnings", []))

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib.metadata
 import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 
+import mlflow.artifacts
 import mlflow.pyfunc
 import numpy as np
 from mlflow import MlflowClient
@@ -117,12 +120,32 @@ def rollout_share(client: MlflowClient, name: str) -> float | None:
 def load_scoring_model(uri: str) -> ScoringModel:
     """The scoring model behind a pyfunc URI, warmed up (a first prediction and explanation) so the first
     request after a swap pays nothing extra. Infra validation's probe loads through this too."""
-    python_model = mlflow.pyfunc.load_model(uri).unwrap_python_model()
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+    for mismatch in requirement_mismatches(local / "requirements.txt"):
+        log.warning("%s: %s", uri, mismatch)
+    python_model = mlflow.pyfunc.load_model(str(local), suppress_warnings=True).unwrap_python_model()
     model = ScoringModel.adopt(getattr(python_model, "model", python_model))
     warm = np.full((1, len(model.features)), np.nan)
     model.predict_matrix(warm)
     model.contributions_matrix(warm)
     return model
+
+
+def requirement_mismatches(requirements: Path) -> list[str]:
+    """The model's pinned requirements (`name==version`) this interpreter lacks or has at another version.
+    MLflow's own check at load does the same by mapping every installed distribution (~2 s per load)."""
+    found = []
+    lines = requirements.read_text().splitlines() if requirements.exists() else []
+    for name, _, pinned in (line.strip().partition("==") for line in lines):
+        if not pinned or name.startswith(("#", "-")):
+            continue
+        try:
+            here = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            here = None
+        if here != pinned:
+            found.append(f"trained with {name}=={pinned}, serving has {here or 'no ' + name}")
+    return found
 
 
 def load_version(client: MlflowClient, name: str, version: str) -> ScoringModel:
