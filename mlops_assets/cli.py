@@ -150,6 +150,10 @@ def default_periods(project) -> str:
 
 def run_pipeline(periods: str | None) -> int:
     """Ingest the periods in one run, then build everything downstream; print where to look."""
+    from mlops_assets.validation import pool
+
+    pool.start()  # the validation workers import GX on the other core while Dagster loads here
+
     from dagster import DagsterInstance
 
     from mlops_assets.definitions import build_definitions

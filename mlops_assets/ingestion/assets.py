@@ -15,7 +15,7 @@ from mlops_assets.alerts import AlertSink
 from mlops_assets.ingestion.batches import (
     Batch,
     failure_reasons,
-    load_period,
+    load_periods,
     load_reference,
     quarantine,
     rejection_message,
@@ -124,12 +124,13 @@ def _periodic_asset(project: Project, table: str) -> dg.AssetsDefinition:
                alerts: AlertSink) -> Iterator:
         loaded, store = project.get(), lake.get()
         named = run_delivery_ids(dict(context.run.tags))
-        batches = []
         try:
+            periods = []
             for key in context.partition_keys:
                 label = period_label(key, granularity)
-                delivery = delivery_for(store.deliveries, named, table, label)
-                batches.append(load_period(loaded, table, label, *period_bounds(key, granularity, zone), delivery))
+                periods.append((label, *period_bounds(key, granularity, zone),
+                                delivery_for(store.deliveries, named, table, label)))
+            batches = load_periods(loaded, table, periods)
             yield from _ingest(context, store, alerts, loaded.spec, table, batches)
         except Exception as exc:
             if not isinstance(exc, dg.Failure):

@@ -7,6 +7,7 @@ stored batch of a source reads back together; a rejected one is kept exactly as 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from mlops_assets.ingestion.deliveries import Delivery
 from mlops_assets.lake import BatchReadError, Lake
 from mlops_assets.project.loading import LoadedProject
 from mlops_assets.project.spec import ColumnType, SourceSpec
+from mlops_assets.validation.pool import validate_batches
 from mlops_assets.validation.reporting import ValidationReport, single_failure_report, unreadable_report
 
 NULL_VALUES = ["NA", ""]
@@ -47,7 +49,38 @@ def load_period(
     delivery: Delivery | None = None,
 ) -> Batch:
     """The delivery's file when there is one, else the embedded data cut to [start, end); either is validated."""
+    return load_periods(project, source, [(period_key, start, end, delivery)])[0]
+
+
+def load_periods(
+    project: LoadedProject, source: str, periods: Sequence[tuple[str, datetime, datetime, Delivery | None]],
+) -> list[Batch]:
+    """`load_period` of each (key, start, end, delivery): all read first, then validated together, side by
+    side on the cores when there are several (`validation.pool`)."""
     spec = project.spec.sources[source]
+    read: list[Batch | _Read] = [_read_period(project, source, spec, *period) for period in periods]
+    pending = [r for r in read if isinstance(r, _Read)]
+    reports = iter(validate_batches(source, spec, [r.frame for r in pending], [r.batch_name for r in pending],
+                                    [r.bounds for r in pending]))
+    return [r if isinstance(r, Batch) else _judged(r, spec, next(reports)) for r in read]
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A period's rows, read and awaiting validation."""
+
+    table: str
+    period: str | None
+    origin: str
+    delivery: Delivery | None
+    frame: pl.DataFrame
+    batch_name: str
+    bounds: tuple[datetime, datetime] | None
+
+
+def _read_period(project: LoadedProject, source: str, spec: SourceSpec, period_key: str, start: datetime,
+                 end: datetime, delivery: Delivery | None) -> Batch | _Read:
+    """The period's rows to validate, or the Batch that says why there are none."""
     batch_name = f"{source} {period_key}"
     path = delivery.blob if delivery else project.source_path(source)
     if path is None:
@@ -62,7 +95,13 @@ def load_period(
         name = delivery.original_name if delivery else exc.path.name
         report = unreadable_report(source, batch_name, name, exc.reason)
         return Batch(source, period_key, origin, delivery, None, report)
-    return _validated(source, period_key, origin, delivery, frame, spec, batch_name, (start, end))
+    return _Read(source, period_key, origin, delivery, frame, batch_name, (start, end))
+
+
+def _judged(read: _Read, spec: SourceSpec, report: ValidationReport) -> Batch:
+    """A validated batch: coerced to the declared schema when it passed, kept as delivered when not."""
+    kept = coerce(read.frame, spec) if report.passed else read.frame
+    return Batch(read.table, read.period, read.origin, read.delivery, kept, report)
 
 
 def load_reference(project: LoadedProject, source: str) -> Batch:
@@ -77,7 +116,8 @@ def load_reference(project: LoadedProject, source: str) -> Batch:
         return Batch(
             source, None, str(path), None, None, unreadable_report(source, source, exc.path.name, exc.reason)
         )
-    return _validated(source, None, str(path), None, frame, spec, source, None)
+    read = _Read(source, None, str(path), None, frame, source, None)
+    return _judged(read, spec, validate_batches(source, spec, [frame], [source], [None])[0])
 
 
 def _undelivered(source: str, period: str | None, batch_name: str) -> Batch:
@@ -86,23 +126,6 @@ def _undelivered(source: str, period: str | None, batch_name: str) -> Batch:
         source, batch_name, "batch_is_delivered",
         f"nothing landed for {batch_name} and source {source} declares no `path` to read it from")
     return Batch(source, period, "nowhere", None, None, report)
-
-
-def _validated(
-    table: str,
-    period: str | None,
-    origin: str,
-    delivery: Delivery | None,
-    frame: pl.DataFrame,
-    spec: SourceSpec,
-    batch_name: str,
-    bounds: tuple[datetime, datetime] | None,
-) -> Batch:
-    from mlops_assets.validation.suites import validate_batch  # GX takes seconds to import
-
-    report = validate_batch(table, spec, frame, batch_name, bounds)
-    kept = coerce(frame, spec) if report.passed else frame
-    return Batch(table, period, origin, delivery, kept, report)
 
 
 def read_source_file(path: Path, spec: SourceSpec, file_format: str | None = None) -> pl.DataFrame:

@@ -1,0 +1,78 @@
+"""Great Expectations on several cores: GX validates in pure Python, so one batch keeps one core busy and a
+run of many periods (a backfill range, `mlops-assets run`) would validate them one after another.
+
+Several batches go to worker processes (spawned: the caller may run threads), each importing GX once and
+keeping its own context (GX 1.x: one per process). `start` spawns them ahead of need, so their imports
+overlap what the caller does meanwhile. A single batch, with no pool started, stays in this process:
+a worker's start costs more than it saves there.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from datetime import datetime
+
+import pandas as pd
+import polars as pl
+
+from mlops_assets.project.spec import SourceSpec
+from mlops_assets.validation.reporting import ValidationReport
+
+MIN_BATCHES = 3  # fewer go in-process when no pool is running: GX's import in a worker is seconds
+
+_POOL: ProcessPoolExecutor | None = None
+
+Period = tuple[datetime, datetime] | None
+
+
+def _import_gx() -> None:
+    import mlops_assets.validation.suites  # noqa: F401  (GX: seconds of imports, once per worker)
+
+
+def _ready() -> None:
+    """A task that only makes the pool start a worker (the pool spawns them as tasks arrive)."""
+
+
+def start(workers: int | None = None) -> None:
+    """Spawn the workers now (one per core unless told); they import GX while the caller goes on."""
+    global _POOL
+    if _POOL is None:
+        count = workers or os.cpu_count() or 1
+        _POOL = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"), initializer=_import_gx)
+        for _ in range(count):
+            _POOL.submit(_ready)
+
+
+def stop() -> None:
+    """End the workers (the interpreter also ends them at exit)."""
+    global _POOL
+    if _POOL is not None:
+        _POOL.shutdown(wait=True, cancel_futures=True)
+        _POOL = None
+
+
+def _validate(args: tuple[str, SourceSpec, pl.DataFrame | pd.DataFrame, str, Period]) -> ValidationReport:
+    from mlops_assets.validation.suites import validate_batch
+
+    return validate_batch(*args)
+
+
+def validate_batches(name: str, spec: SourceSpec, frames: Sequence[pl.DataFrame | pd.DataFrame],
+                     batch_names: Sequence[str], periods: Sequence[Period]) -> list[ValidationReport]:
+    """`validate_batch` of each frame, in order: side by side in the workers when a pool runs or there are
+    at least MIN_BATCHES frames; a pool that broke (a worker killed) is dropped and the batches validated here."""
+    work = [(name, spec, frame, batch_name, period)
+            for frame, batch_name, period in zip(frames, batch_names, periods, strict=True)]
+    if _POOL is None and len(work) >= MIN_BATCHES:
+        start(min(len(work), os.cpu_count() or 1))
+    if _POOL is None:
+        return [_validate(args) for args in work]
+    try:
+        return list(_POOL.map(_validate, work))
+    except BrokenProcessPool:
+        stop()
+        return [_validate(args) for args in work]
