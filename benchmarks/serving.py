@@ -12,7 +12,10 @@ through JSON bodies and prints latency percentiles as JSON (``serving_wrk/post_j
 - plain LightGBM: the same trained booster saved with MLflow's LightGBM flavour
   (``mlflow.lightgbm.save_model``, in a temporary folder) under ``mlflow models serve``, sent the
   same vectors with categories as the model's level codes (the flavour takes numbers only): the
-  honest reference, since MLflow serving our pyfunc times the pyfunc's per-call overhead.
+  honest reference, since MLflow serving our pyfunc times the pyfunc's per-call overhead;
+- floor: a bare ASGI app (``serving_wrk/floor_app.py``) under uvicorn with our settings, sent our
+  bodies: what a request costs on this HTTP stack before any work, so the gap to a goal can be
+  told apart from the stack's own ceiling.
 
 Our service's time per request is split by stage (its ``mlops_serving_stage_seconds`` counters,
 scraped from ``/metrics`` before and after each run): parse, lookup, predict, answer, log, encode,
@@ -24,7 +27,7 @@ or ``benchmarks/continuous_training.py --keep``). Our service runs with that pro
 (``MLOPS_PROJECT``); its prediction log goes to a temporary folder, so monitoring data is
 untouched; its records are counted against the requests wrk saw answered.
 
-    .venv/bin/python benchmarks/serving.py [--duration 20] [--connections 8] [--workers 1]
+    .venv/bin/python benchmarks/serving.py [--duration 20] [--connections 8] [--workers 1] [--servers ours mlflow lightgbm floor]
 
 Prints a table and writes ``benchmarks/results/serving.json``.
 """
@@ -65,6 +68,7 @@ if TYPE_CHECKING:
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_PATH = ROOT / "benchmarks" / "results" / "serving.json"
 LUA_SCRIPT = ROOT / "benchmarks" / "serving_wrk" / "post_json.lua"
+FLOOR_APP_DIR = ROOT / "benchmarks" / "serving_wrk"  # floor_app.py: the bare ASGI app
 HOST = "127.0.0.1"
 WRK_MARK = "WRK_JSON "
 PROJECT = "flights"
@@ -73,7 +77,7 @@ READY_TIMEOUT_S, STOP_TIMEOUT_S = 180.0, 60.0
 GOAL_SINGLE_REQ_S, GOAL_SINGLE_P99_MS = 3000.0, 5.0  # issue 14, 1 worker, wrk -c8
 GOAL_BATCH_ROWS_S, GOAL_BATCH_P99_MS = 40000.0, 15.0
 STAGE_METRIC = "mlops_serving_stage_seconds_total"
-SERVERS = ("ours", "mlflow", "lightgbm")
+SERVERS = ("ours", "mlflow", "lightgbm", "floor")
 BUSY_CORES = 0.25
 MIN_BALANCE, MAX_TRIES = 0.5, 3
 NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -227,6 +231,8 @@ def write_bodies(bench: Bench) -> None:
         path = bench.workdir / f"{key[0]}_{key[1]}.jsonl"
         path.write_text("".join(json.dumps(item) + "\n" for item in items))
         bench.bodies[key] = path
+    for mode in ("single", batch_mode(args)):  # the floor is sent our bodies: same bytes on the wire
+        bench.bodies[("floor", mode)] = bench.bodies[("ours", mode)]
 
 
 def batch_mode(args: argparse.Namespace) -> str:
@@ -562,6 +568,19 @@ def bench_mlflow(bench: Bench, workers: int, server: str = "mlflow") -> list[dic
         return run_modes(bench, server, workers, session, base, paths)
 
 
+def bench_floor(bench: Bench, workers: int) -> list[dict]:
+    """The bare ASGI app (`serving_wrk/floor_app.py`) under uvicorn with our service's settings, sent our
+    bodies: the requests per second no work at all would reach here, wrk included."""
+    port = free_port()
+    base = f"http://{HOST}:{port}"
+    cmd = [sys.executable, "-m", "uvicorn", "floor_app:app", "--app-dir", str(FLOOR_APP_DIR), "--host", HOST,
+           "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--http", "httptools",
+           "--no-access-log", "--log-level", "warning"]
+    with serving(cmd, bench.env, f"{base}/ready", bench.workdir, f"floor-w{workers}") as session:
+        paths = {"single": "/v1/predict", batch_mode(bench.args): "/v1/predict/batch"}
+        return run_modes(bench, "floor", workers, session, base, paths)
+
+
 def count_log(log_dir: Path) -> Counter[str]:
     """Complete records per endpoint and how many are 200s, counted in the raw lines (fast on GBs)."""
     counts: Counter[str] = Counter()
@@ -625,10 +644,10 @@ def goals(results: list[dict], workers: list[int], checks: dict[int, dict]) -> d
         batch = next(m for _, m in pick if m != "single")
         single, rows = pick[("ours", "single")], pick[("ours", batch)]
         out[n] = {}
-        for server, label in (("mlflow", "mlflow_pyfunc"), ("lightgbm", "plain_lightgbm")):
+        for server, label in (("mlflow", "mlflow_pyfunc"), ("lightgbm", "plain_lightgbm"), ("floor", "http_floor")):
             if (server, "single") in pick:
-                out[n][f"single_vs_{label}"] = round(single["req_per_s"] / pick[(server, "single")]["req_per_s"], 2)
-                out[n][f"batch_vs_{label}"] = round(rows["rows_per_s"] / pick[(server, batch)]["rows_per_s"], 2)
+                out[n][f"single_vs_{label}"] = float(f"{single['req_per_s'] / pick[(server, 'single')]['req_per_s']:.3g}")
+                out[n][f"batch_vs_{label}"] = float(f"{rows['rows_per_s'] / pick[(server, batch)]['rows_per_s']:.3g}")
         out[n].update({
             f"single_ge_{GOAL_SINGLE_REQ_S:.0f}_req_s": single["req_per_s"] >= GOAL_SINGLE_REQ_S,
             f"single_p99_le_{GOAL_SINGLE_P99_MS:g}ms": single["p99_ms"] <= GOAL_SINGLE_P99_MS,
@@ -680,7 +699,7 @@ def print_stages(results: list[dict]) -> None:
 def print_verdicts(verdicts: dict[int, dict[str, Any]], checks: dict[int, dict]) -> None:
     print()
     for n, v in verdicts.items():
-        ratios = ", ".join(f"{k.replace('_vs_', ' vs ')} {x:.2f}x" for k, x in v.items() if "_vs_" in k)
+        ratios = ", ".join(f"{k.replace('_vs_', ' vs ')} {x:.3g}x" for k, x in v.items() if "_vs_" in k)
         print(f"workers={n}: ours (req/s single, rows/s batch): {ratios or 'no reference measured'}")
         for k, ok in v.items():
             if isinstance(ok, bool):
@@ -746,6 +765,8 @@ NOTES = [
     "vector (dataframe_split): no lookup, no logging; its uvicorn access log is on (its default)",
     "lightgbm: the same booster saved with mlflow.lightgbm.save_model, served the same way, sent the vector as "
     "numbers (categories as level codes): the model's own cost plus MLflow's HTTP layer",
+    "floor: a bare ASGI app that reads the body and answers a fixed JSON, under uvicorn with our service's "
+    "settings, sent our bodies: what serving costs here before any work of the service's own",
     "wrk runs on the same machine and competes with the server for the same cores",
     "every wrk run starts once the server is idle again (the previous run's in-flight requests done)",
     f"with several workers, a run in which one worker got (nearly) no connection (worker_balance < "
@@ -768,6 +789,8 @@ def run(bench: Bench) -> tuple[list[dict], dict[int, dict]]:
         for server in ("mlflow", "lightgbm"):
             if server in servers:
                 results += bench_mlflow(bench, workers, server)
+        if "floor" in servers:
+            results += bench_floor(bench, workers)
     return results, checks
 
 
