@@ -36,23 +36,48 @@ def load_prepared(store: Lake, project: LoadedProject, sources: list[str]) -> di
     return prepare_all(project, raw)
 
 
-def _prepared_batches(store: Lake, project: LoadedProject, source: str, views: list[str], scratch: Path) -> list[str]:
+def _prepared_batches(store: Lake, project: LoadedProject, source: str, views: list[str],
+                      scratch: Path) -> tuple[list[str], dict[str, dict[datetime, list[Path]]]]:
     """The source prepared one validated batch at a time, each batch's view columns to a scratch parquet
-    file; returns the columns kept, in the prepared order (so `where` columns come out the same)."""
+    file; returns the columns kept, in the prepared order (so `where` columns come out the same), and per
+    known-at column of the views, which files (in batch order) hold each UTC month: a month is then built
+    from those files only, not from the whole history."""
     spec = project.spec
     derive = spec.sources[source].derive
     references = {n: store.read_reference(n) for n in (derive.inputs if derive else [])}
+    known_ats = list(dict.fromkeys(k for k in (spec.feature_views[n].known_at for n in views) if k))
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     available: list[str] = []
+    files: dict[str, dict[datetime, list[Path]]] = {k: {} for k in known_ats}
     for i, period in enumerate(store.available_periods(source)):
         prepared = prepare_all(project, {source: store.read_batches(source, [period]), **references})[source]
         wanted = {c for name in views for c in view_columns(spec, name, prepared.columns)}
         available = [c for c in prepared.columns if c in wanted]
-        prepared.select(available).write_parquet(scratch / f"{i:06d}.parquet")
+        path = scratch / f"{i:06d}.parquet"
+        prepared.select(available).write_parquet(path)
+        for known_at in known_ats:
+            for start in _utc_months_of(prepared, known_at):
+                files[known_at].setdefault(start, []).append(path)
     if not available:
         raise FileNotFoundError(f"no validated {source} batches in {store.root / 'warehouse' / source}")
-    return available
+    return available, files
+
+
+def _utc_months_of(frame: pl.DataFrame, column: str) -> list[datetime]:
+    """The first instants of the UTC months the column's values fall in."""
+    t = pl.col(column)
+    if frame.schema[column].time_zone is not None:  # type: ignore[attr-defined]
+        t = t.dt.convert_time_zone("UTC")
+    return frame.select(t.dt.truncate("1mo").unique().drop_nulls()).to_series().to_list()
+
+
+def _month_label(start: datetime) -> str:
+    return f"{start.year}-{start.month:02d}"
+
+
+def _next_month(start: datetime) -> datetime:
+    return start.replace(year=start.year + 1, month=1) if start.month == 12 else start.replace(month=start.month + 1)
 
 
 def source_view_events(store: Lake, project: LoadedProject, source: str,
@@ -70,7 +95,7 @@ def source_view_events(store: Lake, project: LoadedProject, source: str,
         return
     scratch = store.offline_store_dir / f".{source}.prepared"
     try:
-        available = _prepared_batches(store, project, source, views, scratch)
+        available, _ = _prepared_batches(store, project, source, views, scratch)
         for name in views:
             columns = view_columns(spec, name, available)
             yield name, view_events(spec, name, pl.scan_parquet(scratch / "*.parquet").select(columns).collect())
@@ -98,45 +123,34 @@ def write_source_views(store: Lake, project: LoadedProject, source: str, views: 
     scratch = store.offline_store_dir / f".{source}.prepared"
     counts = {}
     try:
-        available = _prepared_batches(store, project, source, views, scratch)
+        available, files = _prepared_batches(store, project, source, views, scratch)
         for name in views:
-            view, lazy = spec.feature_views[name], pl.scan_parquet(scratch / "*.parquet")
-            lazy = lazy.select(view_columns(spec, name, available))
+            view, columns = spec.feature_views[name], view_columns(spec, name, available)
             if view.known_at is None:
-                events = view_events(spec, name, lazy.collect())
+                events = view_events(spec, name, pl.scan_parquet(scratch / "*.parquet").select(columns).collect())
                 store.write_view_parts(name, [(STATIC_PARTITION, events)])
                 counts[name] = events.height
                 continue
             tally = [0]
-            store.write_view_parts(name, _month_parts(spec, name, lazy, tally))
+            store.write_view_parts(name, _month_parts(spec, name, columns, files[view.known_at], tally))
             counts[name] = tally[0]
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return counts
 
 
-def _month_parts(spec: Project, name: str, lazy: pl.LazyFrame, tally: list[int]) -> Iterator[tuple[str, pl.DataFrame]]:
-    """The view's events of each UTC known-at month (non-empty ones), counted into `tally[0]`."""
+def _month_parts(spec: Project, name: str, columns: list[str], files: dict[datetime, list[Path]],
+                 tally: list[int]) -> Iterator[tuple[str, pl.DataFrame]]:
+    """The view's events of each UTC known-at month (non-empty ones, in month order), counted into
+    `tally[0]`. A month reads only the batch files that hold it (in batch order, so its rows keep the
+    whole view's input order): every batch is read once per month it holds, not once per month of history."""
     t = pl.col(spec.feature_views[name].known_at)
-    first, last = lazy.select(t.min(), t.max().alias("__last")).collect().row(0)
-    for label, lo, hi in _utc_months(first, last):
-        part = view_events(spec, name, lazy.filter((t >= lo) & (t < hi)).collect())
+    for start in sorted(files):
+        lo, hi = start.replace(tzinfo=UTC), _next_month(start).replace(tzinfo=UTC)
+        part = view_events(spec, name, pl.scan_parquet(files[start]).select(columns).filter((t >= lo) & (t < hi)).collect())
         if part.height:
             tally[0] += part.height
-            yield label, part
-
-
-def _utc_months(first: datetime | None, last: datetime | None) -> list[tuple[str, datetime, datetime]]:
-    """(%Y-%m, start, end) of every UTC month from first's to last's."""
-    if first is None or last is None:
-        return []
-    out, year, month = [], first.astimezone(UTC).year, first.astimezone(UTC).month
-    last = last.astimezone(UTC)
-    while (year, month) <= (last.year, last.month):
-        nxt = (year + 1, 1) if month == 12 else (year, month + 1)
-        out.append((f"{year}-{month:02d}", datetime(year, month, 1, tzinfo=UTC), datetime(*nxt, 1, tzinfo=UTC)))
-        year, month = nxt
-    return out
+            yield _month_label(start), part
 
 
 def view_metadata(project: Project, name: str) -> dict[str, str]:
