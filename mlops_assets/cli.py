@@ -116,6 +116,9 @@ def mlflow_ui(port: int, writable: bool = False) -> int:
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", stores[0],
                "--registry-store-uri", stores[1], "--host", "127.0.0.1", "--port", str(port),
                "--workers", "1"]  # one person's UI: MLflow's default of 4 workers starts 4 interpreters
+    scratch = state_dir() / "mlflow_ui"
+    scratch.mkdir(parents=True, exist_ok=True)
+    os.chdir(scratch)  # MLflow makes the parent of a `sqlite:///file:...` path relative to the working folder
     os.execvp(command[0], command)
 
 

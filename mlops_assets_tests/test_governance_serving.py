@@ -135,6 +135,7 @@ def mlflow_ui(flights: Platform, tmp_path: Path) -> Iterator[str]:
     try:
         assert eventually(lambda: http(f"{base}/health")[0] == 200 or proc.poll() is not None, timeout=120)
         assert proc.poll() is None, (tmp_path / "ui.log").read_text()[-2000:]
+        assert not (Path.cwd() / f"file:{state}").exists(), "MLflow made folders in the caller's working folder"
         yield base
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
