@@ -7,6 +7,7 @@ import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -435,3 +436,26 @@ def test_more_groups_than_a_radix_pass_takes() -> None:
     everything = aggregate_at(events, KEYS, "ts", aggregations, queries, "t")
     only_picked = aggregate_at(events.filter(pl.col("k").is_in(picked)), KEYS, "ts", aggregations, queries, "t")
     assert everything.equals(only_picked)
+
+
+def test_packed_events_are_held_once_and_a_later_push_copies_its_key_out() -> None:
+    """After `pack` each key's history is a view of the packed arrays; a push into a key moves that key
+    into buffers of its own, leaving the packed arrays (other keys read them) as they were. Text event ids
+    of two views of one source are one string each, not one per view."""
+    rng = random.Random(9)
+    events = event_frame(random_events(rng, 80, ["a", "b", "c"])).with_columns(pl.col("id").cast(pl.String))
+    store, twin = (OnlineWindows(KEYS, "ts", AGGREGATIONS, event_id="id") for _ in range(2))
+    store.push(events)
+    twin.push(events.clone())
+    store.pack()
+    packed = store._packed
+    assert all(np.shares_memory(h.ts, packed.ts) and np.shares_memory(h.sums, packed.sums)
+               for h in store._histories.values())
+    frozen = packed.ts.copy(), packed.sums.copy()
+    late = event_frame([{"id": 10_000, "k": "a", "k2": "p", "ts": T0 + 45 * MIN, "v": 2.5, "n": 1, "s": "x"}])
+    late = late.with_columns(pl.col("id").cast(pl.String))
+    store.push(late)
+    assert not np.shares_memory(store._histories[("a",)].ts, packed.ts)
+    assert np.array_equal(packed.ts, frozen[0]) and np.array_equal(packed.sums, frozen[1])
+    check_all(pl.concat([events, late]), random_queries(rng, as_dicts(events), 60), KEYS, AGGREGATIONS, store)
+    assert {id(i) for i in twin._seen} <= {id(i) for i in store._seen}
