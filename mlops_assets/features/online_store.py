@@ -17,6 +17,7 @@ import os
 import sqlite3
 import struct
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -39,6 +40,7 @@ from mlops_assets.project.spec import Project
 EVENT_ID = "__event_id"
 SEQ = "__seq"
 WRITE_CHUNK_ROWS = 100_000  # rows given event ids and turned into tuples at a time: memory bounded by it
+COMMIT_ROWS = 1_000_000  # rows per transaction of a view's bulk write (into its staging table)
 T = TypeVar("T")
 __all__ = ["EVENT_ID", "SEQ", "EventError", "OnlineStore", "PushResult", "StoredView", "UnknownSource",
            "default_retention"]
@@ -176,7 +178,10 @@ class OnlineStore:
     def write_view_events(self, project: Project, view_name: str, events: pl.DataFrame,
                           retention: timedelta | None = None) -> int:
         """Replace the view's table by its events known after max(known_at) - retention (a static view:
-        the latest row per key); returns the rows kept."""
+        the latest row per key); returns the rows kept.
+
+        The rows go to a staging table first; one short transaction then renames it in, with the view's
+        row and the generation, so a reader sees the old view or the new one, never a part of it."""
         view = project.feature_views[view_name]
         dtypes = view_dtypes(project, view_name)
         keys = view_keys(project, view_name)
@@ -192,27 +197,60 @@ class OnlineStore:
                 horizon = _as_utc(latest) - retention
                 frame = frame.filter(pl.col(view.known_at) > horizon)
         columns = [c for c in dtypes if c in frame.columns]
-        event_id = event_id_expr(view, dtypes).alias(EVENT_ID)
-        table = _table(project, view_name)
         affinity = {c: "REAL" if dtypes[c] == pl.Float64 else "TEXT" if dtypes[c] == pl.String else "INTEGER"
                     for c in columns}
         definition = ", ".join([*(f'"{c}" {affinity[c]}' for c in columns), f'"{EVENT_ID}" TEXT'])
+        table, tag = _table(project, view_name), uuid.uuid4().hex[:12]
+        staging = f"{table}#new#{tag}"
+        self._drop_tables(self._tables_starting(f"{table}#old#"))  # left by a writer stopped after its swap
+        self._conn().execute(f'CREATE TABLE "{staging}" ({definition})')
+        try:
+            self._fill(staging, frame, event_id_expr(view, dtypes).alias(EVENT_ID), columns, dtypes)
+            row = (view_name, int(view.known_at is None), None if horizon is None else _epoch_us(horizon),
+                   frame.height)
+            old = self._transaction(lambda conn: self._swap(conn, table, staging, f"{table}#old#{tag}", row))
+        except BaseException:
+            self._drop_tables([staging])
+            raise
+        self._drop_tables([old] if old else [])
+        return frame.height
 
-        def work(conn: sqlite3.Connection) -> int:
-            generation = self.generation() + 1
-            conn.execute(f'DROP TABLE IF EXISTS "{table}"')
-            conn.execute(f'CREATE TABLE "{table}" ({definition})')
-            marks = ", ".join("?" * (len(columns) + 1))
-            for chunk in frame.iter_slices(WRITE_CHUNK_ROWS):  # ids, storage values, tuples: a chunk at a time
-                encoded = encode_frame(chunk.with_columns(event_id), [*columns, EVENT_ID], dtypes)
-                conn.executemany(f'INSERT INTO "{table}" VALUES ({marks})', encoded.iter_rows())
-            conn.execute("INSERT OR REPLACE INTO views VALUES (?, ?, ?, ?, ?, ?)",
-                         (view_name, int(view.known_at is None), None if horizon is None else _epoch_us(horizon),
-                          frame.height, generation, datetime.now(UTC).isoformat()))
-            conn.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(generation),))
-            return frame.height
+    def _fill(self, staging: str, frame: pl.DataFrame, event_id: pl.Expr, columns: list[str],
+              dtypes: dict[str, pl.DataType]) -> None:
+        """The rows into a table no reader looks at, a transaction per `COMMIT_ROWS`: the WAL stays small
+        (checkpointed between them), so the cost per row does not grow with the view, and pushes wait
+        for one chunk at most, not the whole view."""
+        marks = ", ".join("?" * (len(columns) + 1))
+        for part in frame.iter_slices(COMMIT_ROWS):
+            def insert(conn: sqlite3.Connection, part: pl.DataFrame = part) -> None:
+                for chunk in part.iter_slices(WRITE_CHUNK_ROWS):  # ids, storage values, tuples: a chunk at a time
+                    encoded = encode_frame(chunk.with_columns(event_id), [*columns, EVENT_ID], dtypes)
+                    conn.executemany(f'INSERT INTO "{staging}" VALUES ({marks})', encoded.iter_rows())
+            self._transaction(insert)
 
-        return self._transaction(work)
+    def _swap(self, conn: sqlite3.Connection, table: str, staging: str, old: str,
+              row: tuple[str, int, int | None, int]) -> str | None:
+        """Readers' switch to the new rows, in one short transaction: the view's table renamed away (to
+        `old`, returned if there was one), the staging table renamed in, the view's row and generation."""
+        generation = self.generation() + 1
+        exists = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)).fetchone()
+        if exists:
+            conn.execute(f'ALTER TABLE "{table}" RENAME TO "{old}"')
+        conn.execute(f'ALTER TABLE "{staging}" RENAME TO "{table}"')
+        conn.execute("INSERT OR REPLACE INTO views VALUES (?, ?, ?, ?, ?, ?)",
+                     (*row, generation, datetime.now(UTC).isoformat()))
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('generation', ?)", (str(generation),))
+        return old if exists else None
+
+    def _drop_tables(self, names: list[str]) -> None:
+        """Drop tables no reader looks at (a swapped-out view or a failed write's staging), a transaction each."""
+        for name in names:
+            self._transaction(lambda conn, name=name: conn.execute(f'DROP TABLE IF EXISTS "{name}"'))
+
+    def _tables_starting(self, prefix: str) -> list[str]:
+        rows = self._conn().execute("SELECT name FROM sqlite_master WHERE type = 'table' AND substr(name, 1, ?) = ?",
+                                    (len(prefix), prefix))
+        return [r[0] for r in rows]
 
     def read_view(self, project: Project, view_name: str) -> StoredView | None:
         """The view as last written (None if never written), typed by its source's schema."""
