@@ -26,9 +26,11 @@ Stages, each in its own child process (its own peak RSS, ``os.wait4``; a watchdo
 - drift: ``drift_report`` of the last month against a 30k-row reference sample of the train split, both
   streamed from the training set file (the current month is sampled to 60k rows by ``drift_report``).
 
-    nice -n 10 .venv/bin/python benchmarks/scale.py [--factors 1 10 100] [--root .mlops_state/scale]
+    nice -n 10 .venv/bin/python benchmarks/scale.py [--factors 1 10 100] [--stages features online]
 
-Each factor's figures are kept in ``<root>/x<N>.json``; the summary (exponents, goals, plot,
+``--stages`` measures only those stages (the stages they need run first, unrecorded) and replaces only
+their figures in ``<root>/x<N>.json``, so a stage can be measured again after a change. Each factor's
+figures are kept in ``<root>/x<N>.json``; the summary (exponents, goals, plot,
 ``benchmarks/results/scale.json``, ``benchmarks/results/scale.png``) uses every factor measured so far.
 """
 
@@ -55,6 +57,8 @@ FACTORS = (1, 10, 100)
 SAME_CALENDAR_YEARS = (2013, 2019, 2030, 2041, 2047, 2058, 2069, 2075, 2086, 2097)
 FLIGHT_STRIDE = 1_000
 STAGES = ("ingest", "features", "training_set", "train", "online", "drift")
+NEEDS = {"ingest": (), "features": ("ingest",), "training_set": ("features",), "train": ("training_set",),
+         "online": ("features",), "drift": ("training_set",)}
 ROUNDS = 100
 TRAIN_ROWS, VALID_ROWS = 2_000_000, 1_000_000
 REFERENCE_ROWS = 30_000
@@ -310,25 +314,51 @@ def run_stage(stage: str, factor: int, root: Path, kill_gib: float) -> dict[str,
     out.unlink(missing_ok=True)
     return {"seconds": wall, "peak_rss_mb": usage.ru_maxrss / 1024, "cpu_s": usage.ru_utime + usage.ru_stime,
             "ok": proc.returncode == 0, "killed_over_gib": kill_gib if killed.is_set() else None,
-            "returncode": proc.returncode, "result": result, "load_average": load_average()}
+            "returncode": proc.returncode, "result": result, "load_average": load_average(),
+            "measured_at": datetime.now().isoformat(timespec="seconds")}
 
 
-def measure(factor: int, base: Path, kill_gib: float, keep: bool) -> dict[str, Any]:
+def stages_to_run(stages: list[str]) -> list[str]:
+    """The stages asked for and every stage they need (their inputs), in pipeline order."""
+    wanted: set[str] = set()
+    todo = list(stages)
+    while todo:
+        stage = todo.pop()
+        if stage not in wanted:
+            wanted.add(stage)
+            todo.extend(NEEDS[stage])
+    return [s for s in STAGES if s in wanted]
+
+
+def measure(factor: int, base: Path, kill_gib: float, keep: bool, stages: list[str]) -> dict[str, Any]:
+    """Generate the factor's data and run the stages; the figures of `stages` replace those kept in
+    x<N>.json (other stages keep theirs; a stage run only as another's input is not recorded)."""
     root = base / f"x{factor}"
     print(f"\n== {factor}x ({datetime.now().strftime('%H:%M:%S')}, load average {load_average()})", flush=True)
-    figures: dict[str, Any] = {"factor": factor, "load_average_start": load_average(), "stages": {}}
+    kept = base / f"x{factor}.json"
+    partial = set(stages) != set(STAGES) and kept.exists()
+    figures: dict[str, Any] = json.loads(kept.read_text()) if partial else {"stages": {}}
+    figures.update({"factor": factor, "load_average_start": load_average()})
+    if partial:
+        figures.setdefault("reruns", []).append({"stages": stages, "at": datetime.now().isoformat(timespec="seconds"),
+                                                 "load_average_start": load_average()})
     gen = run_stage("generate", factor, root, kill_gib)
     figures["data"] = gen["result"]
     figures["generate"] = {k: gen[k] for k in ("seconds", "peak_rss_mb")}
     print(f"   generate: {gen['result'].get('flights', 0):,} flights ({gen['result'].get('dropped_collisions', 0):,} "
           f"collisions dropped), {gen['seconds']:.1f} s, peak RSS {gen['peak_rss_mb']:,.0f} MB", flush=True)
-    for stage in STAGES:
-        figures["stages"][stage] = run = run_stage(stage, factor, root, kill_gib)
+    for stage in stages_to_run(stages):
+        run = run_stage(stage, factor, root, kill_gib)
+        if stage in stages:
+            figures["stages"][stage] = run
         state = "ok" if run["ok"] else (f"KILLED above {kill_gib} GiB" if run["killed_over_gib"] else "FAILED")
+        role = "" if stage in stages else "  (input of another stage, not recorded)"
         print(f"   {stage:<13} {run['seconds']:9.1f} s {run['peak_rss_mb']:9,.0f} MB  {state}  "
-              f"load {run['load_average']}  {json.dumps(run['result'])[:240]}", flush=True)
+              f"load {run['load_average']}  {json.dumps(run['result'])[:240]}{role}", flush=True)
     figures["load_average_end"] = load_average()
-    (base / f"x{factor}.json").write_text(json.dumps(figures, indent=2))
+    if partial:
+        figures["reruns"][-1]["load_average_end"] = figures["load_average_end"]
+    kept.write_text(json.dumps(figures, indent=2))
     if not keep:
         shutil.rmtree(root, ignore_errors=True)
     return figures
@@ -346,6 +376,8 @@ def summarise(all_figures: list[dict[str, Any]]) -> dict[str, Any]:
     rows = [float(f["data"]["flights"]) for f in done]
     out: dict[str, Any] = {"factors": [f["factor"] for f in done], "flights_rows": rows, "stages": {}}
     for stage in STAGES:
+        if any(stage not in f["stages"] for f in done):  # measured with --stages at some factor only
+            continue
         runs = [f["stages"][stage] for f in done]
         ok = all(r["ok"] for r in runs)
         seconds, rss = [r["seconds"] for r in runs], [r["peak_rss_mb"] for r in runs]
@@ -386,7 +418,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         axes[0].plot(rows, s["seconds"], marker="o", label=f"{stage} (b={bt:.2f})" if bt is not None else stage)
         axes[1].plot(rows, [m / 1024 for m in s["peak_rss_mb"]], marker="o",
                      label=f"{stage} (b={bm:.2f})" if bm is not None else stage)
-    if len(rows) > 1:
+    if len(rows) > 1 and "ingest" in summary["stages"]:
         first = summary["stages"]["ingest"]["seconds"][0]
         axes[0].plot(rows, [first * r / rows[0] for r in rows], "k:", label="linear (from ingest 1x)")
     axes[1].axhline(RSS_GOAL_GIB, color="red", linestyle="--", label=f"goal {RSS_GOAL_GIB:g} GiB")
@@ -432,6 +464,9 @@ def main() -> None:
     parser.add_argument("--kill-gib", type=float, default=14.0, help="kill a stage whose RSS passes this (GiB)")
     parser.add_argument("--keep", action="store_true", help="keep each factor's data and lake afterwards")
     parser.add_argument("--summary-only", action="store_true", help="only summarise the factors measured so far")
+    parser.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                        help="stages to measure (the stages they need run too, unrecorded); the others keep "
+                             "their kept figures")
     parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -443,7 +478,7 @@ def main() -> None:
     print(f"scale benchmark; {machine_line()}; the machine is shared, load average with every stage")
     if not args.summary_only:
         for factor in args.factors:
-            measure(factor, root, args.kill_gib, args.keep)
+            measure(factor, root, args.kill_gib, args.keep, args.stages)
     measured = [json.loads(p.read_text()) for p in sorted(root.glob("x*.json"))]
     summary = summarise(measured)
     summary["load_average"] = {f"{f['factor']}x": [f["load_average_start"], f["load_average_end"]] for f in measured}
