@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from datetime import datetime
+from functools import partial
 
 import pandas as pd
 import polars as pl
@@ -29,7 +30,8 @@ _POOL: ProcessPoolExecutor | None = None
 Period = tuple[datetime, datetime] | None
 
 
-def _import_gx() -> None:
+def _import_gx(nice: int) -> None:
+    os.nice(nice)
     import mlops_assets.validation.suites  # noqa: F401  (GX: seconds of imports, once per worker)
 
 
@@ -37,12 +39,14 @@ def _ready() -> None:
     """A task that only makes the pool start a worker (the pool spawns them as tasks arrive)."""
 
 
-def start(workers: int | None = None) -> None:
-    """Spawn the workers now (one per core unless told); they import GX while the caller goes on."""
+def start(workers: int | None = None, nice: int = 0) -> None:
+    """Spawn the workers now (one per core unless told); they import GX while the caller goes on. `nice`
+    lowers their priority, so a caller with work of its own meanwhile keeps its core."""
     global _POOL
     if _POOL is None:
         count = workers or os.cpu_count() or 1
-        _POOL = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"), initializer=_import_gx)
+        _POOL = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=partial(_import_gx, nice))
         for _ in range(count):
             _POOL.submit(_ready)
 
