@@ -1,5 +1,6 @@
-"""Several periods validated side by side in worker processes give exactly the reports of validating them
-one by one here, failures included; a pool whose worker died is dropped and the batches still validated."""
+"""Periods validated side by side in worker processes (once `pool.start` ran, as `mlops-assets run` does) give
+exactly the reports of validating them one by one here, failures included; without a start nothing is
+spawned; a pool whose worker died is dropped and the batches still validated."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def months_keys(*numbers: int) -> list[str]:
 
 def test_pooled_reports_equal_in_process_ones_failures_included(lake: Lake, weather: LoadedProject,
                                                                 fresh_pool: None) -> None:
+    pool.start(2)
     batches = load_periods(weather, "weather", months(1, 2, 3, 4))
-    assert pool._POOL is not None, "four periods went to workers"
     assert [b.report.passed for b in batches] == [True] * 4 and [b.period for b in batches] == months_keys(1, 2, 3, 4)
     spec = weather.spec.sources["weather"]
     frames = [b.frame for b in batches]
@@ -58,10 +59,11 @@ def test_pooled_reports_equal_in_process_ones_failures_included(lake: Lake, weat
     assert pooled == here and not pooled[2].passed and pooled[0].passed
 
 
-def test_few_periods_stay_in_process_and_a_broken_pool_is_dropped(lake: Lake, weather: LoadedProject,
-                                                                 fresh_pool: None) -> None:
-    assert [b.report.passed for b in load_periods(weather, "weather", months(5, 6))] == [True, True]
-    assert pool._POOL is None, "two periods: no workers started"
+def test_without_start_nothing_is_spawned_and_a_broken_pool_is_dropped(lake: Lake, weather: LoadedProject,
+                                                                      fresh_pool: None) -> None:
+    """Runs side by side (a backfill, the daemon) must not each spawn a worker per core."""
+    assert [b.report.passed for b in load_periods(weather, "weather", months(3, 4, 5, 6))] == [True] * 4
+    assert pool._POOL is None
     pool.start(1)
     workers = list(pool._POOL._processes.values())
     os.kill(workers[0].pid, signal.SIGKILL)

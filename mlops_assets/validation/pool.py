@@ -1,10 +1,11 @@
 """Great Expectations on several cores: GX validates in pure Python, so one batch keeps one core busy and a
 run of many periods (a backfill range, `mlops-assets run`) would validate them one after another.
 
-Several batches go to worker processes (spawned: the caller may run threads), each importing GX once and
-keeping its own context (GX 1.x: one per process). `start` spawns them ahead of need, so their imports
-overlap what the caller does meanwhile. A single batch, with no pool started, stays in this process:
-a worker's start costs more than it saves there.
+Once `start` ran (`mlops-assets run` does, first thing), batches go to worker processes (spawned: the
+caller may run threads), each importing GX once and keeping its own context (GX 1.x: one per process);
+spawned ahead of need, their imports overlap what the caller does meanwhile. Without it everything is
+validated in this process: runs that Dagster runs side by side (a backfill, the daemon) must not each
+start a worker per core, and a lone batch would pay a worker's start for nothing.
 """
 
 from __future__ import annotations
@@ -22,8 +23,6 @@ import polars as pl
 
 from mlops_assets.project.spec import SourceSpec
 from mlops_assets.validation.reporting import ValidationReport
-
-MIN_BATCHES = 3  # fewer go in-process when no pool is running: GX's import in a worker is seconds
 
 _POOL: ProcessPoolExecutor | None = None
 
@@ -67,13 +66,12 @@ def _validate(args: tuple[str, SourceSpec, pl.DataFrame | pd.DataFrame, str, Per
 
 def validate_batches(name: str, spec: SourceSpec, frames: Sequence[pl.DataFrame | pd.DataFrame],
                      batch_names: Sequence[str], periods: Sequence[Period]) -> list[ValidationReport]:
-    """`validate_batch` of each frame, in order: side by side in the workers when a pool runs or there are
-    at least MIN_BATCHES frames; a pool that broke (a worker killed) is dropped and the batches validated here."""
+    """`validate_batch` of each frame, in order: side by side in the workers when the pool was started (and
+    there is more than one), else here; a pool that broke (a worker killed) is dropped and the batches
+    validated here."""
     work = [(name, spec, frame, batch_name, period)
             for frame, batch_name, period in zip(frames, batch_names, periods, strict=True)]
-    if _POOL is None and len(work) >= MIN_BATCHES:
-        start(min(len(work), os.cpu_count() or 1))
-    if _POOL is None:
+    if _POOL is None or len(work) < 2:
         return [_validate(args) for args in work]
     try:
         return list(_POOL.map(_validate, work))
