@@ -187,9 +187,9 @@ def run_pipeline(periods: str | None) -> int:
 
 def prepare_tracking_store() -> subprocess.Popen:
     """Create the MLflow store's tables (several seconds of migrations on a fresh state folder) in a
-    second process on the other core while ingestion, which needs no MLflow, runs in this one. Lowest
-    priority: training needs the tables only after ingestion, which the validation workers speed up."""
-    code = "import os; os.nice(19); from mlops_assets.tracking import MlflowResource; MlflowResource().configure()"
+    second process on the other core while ingestion, which needs no MLflow, runs in this one; at the
+    validation workers' low priority, so Dagster's load in this process keeps its core."""
+    code = "import os; os.nice(10); from mlops_assets.tracking import MlflowResource; MlflowResource().configure()"
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 

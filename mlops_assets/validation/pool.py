@@ -66,12 +66,12 @@ def _validate(args: tuple[str, SourceSpec, pl.DataFrame | pd.DataFrame, str, Per
 
 def validate_batches(name: str, spec: SourceSpec, frames: Sequence[pl.DataFrame | pd.DataFrame],
                      batch_names: Sequence[str], periods: Sequence[Period]) -> list[ValidationReport]:
-    """`validate_batch` of each frame, in order: side by side in the workers when the pool was started (and
-    there is more than one), else here; a pool that broke (a worker killed) is dropped and the batches
-    validated here."""
+    """`validate_batch` of each frame, in order: in the workers when the pool was started (a lone batch too:
+    their GX is loaded, this process's may not be), else here; a pool that broke (a worker killed) is
+    dropped and the batches validated here."""
     work = [(name, spec, frame, batch_name, period)
             for frame, batch_name, period in zip(frames, batch_names, periods, strict=True)]
-    if _POOL is None or len(work) < 2:
+    if _POOL is None:
         return [_validate(args) for args in work]
     try:
         return list(_POOL.map(_validate, work))
