@@ -1,5 +1,5 @@
-import sys
+"""`python -m mlops_assets`: the `mlops-assets` command."""
 
-from mlops_assets.cli import main
+from mlops_assets.cli import entry
 
-sys.exit(main())
+entry()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import subprocess
 import sys
@@ -411,6 +412,22 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def entry() -> None:
+    """The console script: `main`; after `run`, an exit without the interpreter's teardown (freeing a training
+    run's heap object by object, ~2 s) and without waiting for the validation workers' own orderly exit.
+    Everything `run` wrote is committed by then (Dagster's and MLflow's stores, the lake's files)."""
+    code = main()
+    if sys.argv[1:2] == ["run"]:
+        from mlops_assets.validation import pool
+
+        pool.kill()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        logging.shutdown()
+        os._exit(code)
+    sys.exit(code)
+
+
 def _deliveries_command(args: argparse.Namespace) -> int:
     from mlops_assets import cli_deliveries
 
@@ -451,4 +468,4 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

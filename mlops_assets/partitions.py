@@ -52,7 +52,11 @@ def period_label(partition_key: str, granularity: Granularity) -> str:
 def period_key(label: str, granularity: Granularity) -> str:
     """A label (2013-03 or 2013-03-04) back to its partition key; ValueError when it is not a period start."""
     key = f"{label}-01" if granularity == "month" and len(label) == 7 else label
-    start = datetime.strptime(key, KEY_FORMAT)
+    try:
+        start = datetime.strptime(key, KEY_FORMAT)
+    except ValueError:
+        raise ValueError(f"{label} is not a {granularity}; write {'YYYY-MM' if granularity == 'month' else 'YYYY-MM-DD'}"
+                         ) from None
     if granularity == "week" and start.weekday() != 0:
         raise ValueError(f"{label} is not a week start (weeks start on Monday)")
     if granularity == "month" and start.day != 1:

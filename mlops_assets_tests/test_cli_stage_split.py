@@ -1,7 +1,10 @@
 """What `mlops-assets run` does around its two jobs: the tracking store prepared in a second process,
 and the per-stage split it prints (start-up, jobs with their steps slowest first, the rest, the total)."""
 
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -34,3 +37,16 @@ def test_split_lists_steps_slowest_first_and_the_unaccounted_rest() -> None:
 def test_split_without_steps_still_shows_start_up_and_total() -> None:
     lines = format_stage_split([("ingestion_job", 1.0, [])], startup=0.5, total=2.0).splitlines()
     assert lines[-1].split() == ["total", "2.0"] and lines[-2].split()[-1] == "0.5"
+
+
+def test_the_command_exits_with_mains_code_and_its_words_after_run_too(tmp_path: Path) -> None:
+    """`mlops-assets` (the console script's `entry`): a refused `run` still says why in one line and exits 2
+    through the fast exit (its validation workers started, then killed); other commands exit normally."""
+    env = {**os.environ, "MLOPS_STATE_DIR": str(tmp_path)}
+    refused = subprocess.run([sys.executable, "-m", "mlops_assets", "run", "--periods", "nov"], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        "error: nov is not a month; write YYYY-MM"], refused.stderr[-2000:]
+    checked = subprocess.run([sys.executable, "-m", "mlops_assets", "check", "projects/flights"], env=env,
+                             capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert checked.returncode == 0 and "flights" in checked.stdout

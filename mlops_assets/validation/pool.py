@@ -1,9 +1,9 @@
 """Great Expectations on several cores: GX validates in pure Python, so one batch keeps one core busy and a
 run of many periods (a backfill range, `mlops-assets run`) would validate them one after another.
 
-Once `start` ran (`mlops-assets run` does, first thing), batches go to worker processes (spawned: the
-caller may run threads), each importing GX once and keeping its own context (GX 1.x: one per process);
-spawned ahead of need, their imports overlap what the caller does meanwhile. Without it everything is
+Once `start` ran (`mlops-assets run` does, first thing), batches go to worker processes, each importing
+GX once and keeping its own context (GX 1.x: one per process); started ahead of need, their imports
+overlap what the caller does meanwhile. Without it everything is
 validated in this process: runs that Dagster runs side by side (a backfill, the daemon) must not each
 start a worker per core, and a lone batch would pay a worker's start for nothing.
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -38,13 +39,20 @@ def _ready() -> None:
     """A task that only makes the pool start a worker (the pool spawns them as tasks arrive)."""
 
 
+def _start_method() -> str:
+    """fork while this process has no other thread (`mlops-assets run` starts the pool first thing): no
+    interpreter start per worker, and no semaphores for a tracker process to report when the command ends
+    with `os._exit`; spawn otherwise, since forking a process with threads can deadlock the child."""
+    return "fork" if threading.active_count() == 1 else "spawn"
+
+
 def start(workers: int | None = None, nice: int = 0) -> None:
     """Spawn the workers now (one per core unless told); they import GX while the caller goes on. `nice`
     lowers their priority, so a caller with work of its own meanwhile keeps its core."""
     global _POOL
     if _POOL is None:
         count = workers or os.cpu_count() or 1
-        _POOL = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context("spawn"),
+        _POOL = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context(_start_method()),
                                     initializer=partial(_import_gx, nice))
         for _ in range(count):
             _POOL.submit(_ready)
@@ -55,6 +63,17 @@ def stop() -> None:
     global _POOL
     if _POOL is not None:
         _POOL.shutdown(wait=True, cancel_futures=True)
+        _POOL = None
+
+
+def kill() -> None:
+    """End the workers at once, for a caller about to exit: they are idle and hold nothing to lose, and an
+    orderly exit of each (GX's heap freed object by object) costs seconds."""
+    global _POOL
+    if _POOL is not None:
+        for process in list(_POOL._processes.values()):
+            process.kill()
+        _POOL.shutdown(wait=True)
         _POOL = None
 
 
