@@ -32,13 +32,16 @@ class TabularModel(ScoringModel):
         missing = [f for f in self.features if f not in data.columns]
         if missing:
             raise KeyError(f"model inputs missing: {missing}")
-        out = {}
+        columns = []
         for name in self.features:
             if name in self.categorical_levels:
-                out[name] = pd.Categorical(data[name].astype("object"), categories=self.categorical_levels[name])
+                levels = pd.Categorical(data[name].astype("object"), categories=self.categorical_levels[name])
+                columns.append(pd.Series(levels, index=data.index, name=name))
             else:
-                out[name] = pd.to_numeric(data[name], errors="raise").astype("float64")
-        return pd.DataFrame(out, index=data.index)
+                columns.append(pd.to_numeric(data[name], errors="raise").astype("float64").rename(name))
+        # side by side, not consolidated into one block: LightGBM copies the frame into its own matrix
+        # anyway, and the consolidating copy cost 1.8 s of a year's training set (of 2.3 s)
+        return pd.concat(columns, axis=1, copy=False) if columns else pd.DataFrame(index=data.index)
 
     def predict(self, data: pd.DataFrame) -> np.ndarray:
         """Positive-class probability (binary), an (n, k) matrix in `classes` order (multiclass), or values."""
