@@ -1,8 +1,9 @@
 """The online store: each feature view's recent events in SQLite, plus the events pushed since.
 
 Per view, `events__<view>` holds the events the view's windows read (keys, known_at, inputs and
-an event id; datetimes as epoch µs), written in one transaction by `write_view_events`, which
-also records the view's horizon (events known at or before it are not kept) and bumps the
+an event id; datetimes as epoch µs), written by `write_view_events` into a staging table a million
+rows per transaction and swapped in by one short transaction (readers see the old view or the new
+one), which also records the view's horizon (events known at or before it are not kept) and bumps the
 store's generation so serving reloads. A static view (a reference table, no known_at) is
 `static__<view>`: the latest row per key. `pushed_events` is an append-only log of events pushed
 by clients (seq order, idempotent by (view, event id)); serving applies it before each request,
