@@ -26,6 +26,7 @@ from mlops_assets.project.spec import SourceSpec
 from mlops_assets.validation.reporting import ValidationReport
 
 _POOL: ProcessPoolExecutor | None = None
+MAX_WORKERS = 4  # each holds GX, pandas and polars (~500 MB): a year's periods gain little beyond this
 
 Period = tuple[datetime, datetime] | None
 
@@ -47,11 +48,11 @@ def _start_method() -> str:
 
 
 def start(workers: int | None = None, nice: int = 0) -> None:
-    """Spawn the workers now (one per core unless told); they import GX while the caller goes on. `nice`
-    lowers their priority, so a caller with work of its own meanwhile keeps its core."""
+    """Start the workers now (one per core, at most MAX_WORKERS, unless told); they import GX while the
+    caller goes on. `nice` lowers their priority, so a caller with work of its own keeps its core."""
     global _POOL
     if _POOL is None:
-        count = workers or os.cpu_count() or 1
+        count = workers or min(os.cpu_count() or 1, MAX_WORKERS)
         _POOL = ProcessPoolExecutor(count, mp_context=multiprocessing.get_context(_start_method()),
                                     initializer=partial(_import_gx, nice))
         for _ in range(count):
