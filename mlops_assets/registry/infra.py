@@ -85,12 +85,14 @@ def validate_serving(model_uri: str, canary: pd.DataFrame, expected: np.ndarray,
     probe = probe or ProbeProcess()
     with tempfile.TemporaryDirectory() as tmp:
         rows, out = Path(tmp) / "canary.parquet", Path(tmp) / "result.json"
-        canary.to_parquet(rows)
         request = {"uri": model_uri, "rows": str(rows), "out": str(out), "env": env}
         try:
+            canary.to_parquet(rows)
             code, last = probe.run(request, timeout_seconds)
         except subprocess.TimeoutExpired:
             return InfraReport(False, [f"loading and scoring {model_uri} took over {timeout_seconds:.0f} s"])
+        finally:
+            probe.close()  # a child left waiting (the canary could not be written) is stopped here
         if code != 0 or not out.exists():
             last = last if len(last) <= 300 else "..." + last[-300:]
             return InfraReport(False, [f"{model_uri} could not be loaded or scored in a fresh process: {last}"])

@@ -3,9 +3,8 @@ run of many periods (a backfill range, `mlops-assets run`) would validate them o
 
 Once `start` ran (`mlops-assets run` does, first thing), batches go to worker processes, each importing
 GX once and keeping its own context (GX 1.x: one per process); started ahead of need, their imports
-overlap what the caller does meanwhile. Without it everything is
-validated in this process: runs that Dagster runs side by side (a backfill, the daemon) must not each
-start a worker per core, and a lone batch would pay a worker's start for nothing.
+overlap what the caller does meanwhile. Without it everything is validated in this process: runs that
+Dagster runs side by side (a backfill, the daemon) must not each start a worker per core.
 """
 
 from __future__ import annotations
