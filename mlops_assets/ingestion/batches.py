@@ -55,8 +55,8 @@ def load_period(
 def load_periods(
     project: LoadedProject, source: str, periods: Sequence[tuple[str, datetime, datetime, Delivery | None]],
 ) -> list[Batch]:
-    """`load_period` of each (key, start, end, delivery): all read first, then validated together, side by
-    side on the cores when there are several (`validation.pool`)."""
+    """`load_period` of each (key, start, end, delivery): all read first, then validated together (side by
+    side in the validation workers once `validation.pool.start` ran, as `mlops-assets run` does)."""
     spec = project.spec.sources[source]
     read: list[Batch | _Read] = [_read_period(project, source, spec, *period) for period in periods]
     pending = [r for r in read if isinstance(r, _Read)]
