@@ -77,6 +77,7 @@ READY_TIMEOUT_S, STOP_TIMEOUT_S = 180.0, 60.0
 GOAL_SINGLE_REQ_S, GOAL_SINGLE_P99_MS = 3000.0, 5.0  # issue 14, 1 worker, wrk -c8
 GOAL_BATCH_ROWS_S, GOAL_BATCH_P99_MS = 40000.0, 15.0
 STAGE_METRIC = "mlops_serving_stage_seconds_total"
+PASS_METRIC = "mlops_serving_scoring_pass_requests"
 SERVERS = ("ours", "mlflow", "lightgbm", "floor")
 BUSY_CORES = 0.25
 MIN_BALANCE, MAX_TRIES = 0.5, 3
@@ -447,6 +448,14 @@ def stage_seconds(base: str) -> dict[str, float]:
     return out
 
 
+def pass_counts(base: str) -> tuple[float, float]:
+    """(requests scored, scoring passes) so far: requests ready together are scored in one pass."""
+    text = http(f"{base}/metrics")[1].decode()
+    found = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+             if line.startswith(PASS_METRIC)}
+    return found.get(f"{PASS_METRIC}_sum", 0.0), found.get(f"{PASS_METRIC}_count", 0.0)
+
+
 def resident_bytes(base: str) -> float:
     """Resident memory of all our workers (their /metrics gauge)."""
     text = http(f"{base}/metrics")[1].decode()
@@ -467,11 +476,14 @@ def run_modes(
     for mode, path in paths.items():
         rows = 1 if mode == "single" else bench.args.batch_size
         before = stage_seconds(base) if server == "ours" else {}
+        passes_before = pass_counts(base) if server == "ours" else (0.0, 0.0)
         raw = measured(f"{base}{path}", bench.bodies[(server, mode)], session, workers, bench.args)
         results.append(shape(server, workers, mode, rows, raw))
         if server == "ours":
             counted = raw["requests"] + raw["warmup_requests"] + sum(d["requests"] for d in raw["discarded"])
             results[-1]["stage_ms_per_request"] = stage_split(before, stage_seconds(base), counted)
+            scored, passes = (a - b for a, b in zip(pass_counts(base), passes_before, strict=True))
+            results[-1]["requests_per_pass"] = round(scored / passes, 2) if passes else None
         print(f"  {server} w={workers} {mode}: {results[-1]['req_per_s']:.0f} req/s", flush=True)
     return results
 
@@ -694,7 +706,8 @@ def print_stages(results: list[dict]) -> None:
             cpu = sum(v for k, v in split.items() if k != "log_wait")
             parts = ", ".join(f"{k} {v:.3f}" for k, v in split.items())
             print(f"ours w={r['workers']} {r['mode']}: {parts} ms per request (CPU in the service {cpu:.3f} ms; "
-                  f"wrk's mean latency {r['mean_ms']:.2f} ms; resident memory {r['service_rss_mb']} MB)")
+                  f"wrk's mean latency {r['mean_ms']:.2f} ms; resident memory {r['service_rss_mb']} MB; "
+                  f"{r.get('requests_per_pass')} requests per scoring pass)")
 
 
 def print_verdicts(verdicts: dict[int, dict[str, Any]], checks: dict[int, dict]) -> None:

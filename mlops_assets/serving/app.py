@@ -22,12 +22,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlops_assets.features.online_store import EventError, UnknownSource
+from mlops_assets.serving.coalesce import Coalescer
 from mlops_assets.serving.config import ServingConfig, from_env
 from mlops_assets.serving.encoding import encode_answer
 from mlops_assets.serving.errors import ClientError, error_response, problems_of
 from mlops_assets.serving.metrics import StageClock
 from mlops_assets.serving.schemas import RequestModels, batch_schema, openapi_body
-from mlops_assets.serving.service import NotReady, Service
+from mlops_assets.serving.service import Group, NotReady, Service
 from mlops_assets.serving.transport import (
     INTERNAL_ERROR,
     ObserveMiddleware,
@@ -79,38 +80,44 @@ async def logged_error(request: Request, status: int, detail: object, message: o
 
 
 INLINE_ROWS = 100
+PASS_ROWS = 300  # rows of coalesced requests scored in one pass (a few ms of CPU on the event loop)
+
+
+def _encode(request_id: str, answers: list[dict[str, object]], single: bool) -> Response:
+    body = {"request_id": request_id, **answers[0]} if single else {"request_id": request_id, "predictions": answers}
+    return Response(encode_answer(body), media_type="application/json")
 
 
 async def _respond(request: Request, instances: list[BaseModel], explain: bool, endpoint: str,
                    single: bool, clock: StageClock) -> Response:
     """Score, wait until the records are durable, answer; any failure inside features/model code is a
     logged generic 500. Up to INLINE_ROWS unexplained instances (a few ms of CPU) are scored on the event
-    loop itself: a hop to a worker thread would cost more than it frees. Explained or larger requests
-    run in a worker thread, so the event loop stays free for other requests."""
+    loop itself, together with the other requests ready in the same turn (coalesce.py): a hop to a worker
+    thread would cost more than it frees. Explained or larger requests run alone in a worker thread, so the
+    event loop stays free for other requests."""
     service, state = _service(request), request.state
     refuse = service.config.log_unavailable == "refuse"
     if refuse and service.log.degraded:
         return await logged_error(request, 503, "prediction log unavailable", LOG_UNAVAILABLE)
 
-    def answer() -> "tuple[Response, Future[bool] | None]":
+    def in_worker() -> "tuple[Response, Future[bool] | None]":
         """Scoring and the JSON encoding of the answer (for a batch, the larger part) in one call."""
+        clock.restart()  # CPU time is per thread
         answers, future = service.predict(instances, explain, state.request_id, endpoint, state.started, single,
                                           clock)
-        body = ({"request_id": state.request_id, **answers[0]} if single
-                else {"request_id": state.request_id, "predictions": answers})
-        response = Response(encode_answer(body), media_type="application/json")
+        response = _encode(state.request_id, answers, single)
         clock.lap("encode")
         return response, future
-
-    def in_worker() -> "tuple[Response, Future[bool] | None]":
-        clock.restart()  # CPU time is per thread
-        return answer()
 
     try:
         if explain or len(instances) > INLINE_ROWS:
             response, future = await run_in_threadpool(in_worker)
         else:
-            response, future = answer()
+            group = Group(instances, state.request_id, endpoint, state.started, single)
+            answers, future = await request.app.state.coalescer.submit(group)
+            clock.restart()  # the pass ran on this thread in between: its CPU is counted by its own clock
+            response = _encode(state.request_id, answers, single)
+            clock.lap("encode")
     except (NotReady, ClientError):
         raise
     except Exception:
@@ -322,6 +329,8 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
     app = FastAPI(title=f"{service.project.name} prediction service", version="1", lifespan=lifespan,
                   description=service.project.description, **public)  # type: ignore[arg-type]
     app.state.service = service
+    app.state.coalescer = Coalescer(service.predict_groups, lambda group: len(group.instances), PASS_ROWS,
+                                    service.metrics.scored_pass)
     app.add_middleware(ObserveMiddleware, metrics=service.metrics, seen=SeenIds(cfg.request_id_memory))
     app.include_router(prediction_router(cfg, service.models))
     app.include_router(ops_router(cfg))

@@ -31,6 +31,7 @@ from prometheus_client import (
     values,
 )
 
+PASS_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 PREFIX = "mlops_serving"
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -109,6 +110,9 @@ class Metrics:
                         "log_wait, wall seconds until the records were durable (the thread serves others then).",
                         ["stage"], registry=reg)
         self.stages = {name: stage.labels(name) for name in STAGES}
+        self.pass_requests = Histogram(f"{PREFIX}_scoring_pass_requests", "Requests scored together in one pass "
+                                       "(coalesced: ready in the same event-loop turn).", buckets=PASS_BUCKETS,
+                                       registry=reg)
         self._log_metrics(reg)
         self._process_metrics(reg)
         self.sample(None)
@@ -148,6 +152,9 @@ class Metrics:
     def clock(self) -> StageClock:
         """A request's stage clock, started now."""
         return StageClock(self.stages)
+
+    def scored_pass(self, requests: int) -> None:
+        self.pass_requests.observe(requests)
 
     def waited(self, seconds: float) -> None:
         """Wall time a request waited for its log records to be durable (its thread served others)."""

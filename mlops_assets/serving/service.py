@@ -44,13 +44,31 @@ class NotReady(Exception):
 
 @dataclass(frozen=True)
 class Prepared:
-    """One instance ready to score: its inputs, model row, lookup, prediction time and arm."""
+    """One instance ready to score: its inputs, model row, lookup, prediction time, arm, and which request
+    (group) and position within it it answers."""
 
     inputs: dict[str, object]
     row: dict[str, object]
     lookup: Lookup
     prediction_time: datetime
     arm: str
+    group: int = 0
+    position: int = 0
+
+
+@dataclass(frozen=True)
+class Group:
+    """One request's instances. Requests that arrive together are scored in one pass (one lookup per
+    view, one matrix per arm, one log write) and each is still answered and logged as itself."""
+
+    instances: list[BaseModel]
+    request_id: str
+    endpoint: str
+    started: float
+    single: bool = True
+
+
+Answered = tuple[list[dict[str, object]], "Future[bool] | None"]
 
 
 def _allowed(levels: list[str]) -> str:
@@ -152,40 +170,74 @@ class Service:
         if problems:
             raise ClientError(422, problems[:20])
 
-    def _prepare(self, instances: list[BaseModel], requests: list[dict[str, object]], ids: list[str],
-                 arms: Arms, single: bool) -> list[Prepared]:
+    def _times(self, requests: list[dict[str, object]], single: bool) -> list[datetime]:
+        """Each instance's prediction time; one that cannot be derived is a 422 naming its field."""
         times = [prediction_time(self.project, r) for r in requests]
         if any(t is None for t in times):
             field = self.project.request.time
             where = [field if single else f"instances[{i}].{field}" for i, t in enumerate(times) if t is None]
             raise ClientError(422, [{"field": w, "problem": "field required: the prediction time is derived from it"}
                                     for w in where[:20]])
-        lookups = self.features.lookup_many(arms.views, requests, times)  # type: ignore[arg-type]
+        return times  # type: ignore[return-value]
+
+    def _prepare(self, instances: list[BaseModel], requests: list[dict[str, object]], times: list[datetime],
+                 ids: list[str], places: list[tuple[int, int]], arms: Arms) -> list[Prepared]:
+        lookups = self.features.lookup_many(arms.views, requests, times)
         cfg, out = self.config, []
         mode, share = (("canary", arms.rollout_share) if arms.rollout_share is not None
                        else (cfg.experiment, cfg.challenger_share))
-        for instance, request, when, found, rid in zip(instances, requests, times, lookups, ids, strict=True):
+        for instance, request, when, found, rid, (group, position) in zip(instances, requests, times, lookups, ids,
+                                                                          places, strict=True):
             row = {**found.features, **calendar_values(self.project, request),
                    **{f: request.get(f) for f in self.direct}}
             arm = choose_arm(mode, share, split_key(request, rid, self.split_key),
                              cfg.split_salt, arms.challenger is not None)
             inputs = instance.model_dump(mode="json", exclude={"explain"})
-            out.append(Prepared(inputs, row, found, when, arm))  # type: ignore[arg-type]
+            out.append(Prepared(inputs, row, found, when, arm, group, position))
         return out
 
     def predict(self, instances: list[BaseModel], explain: bool, request_id: str, endpoint: str,
-                started: float, single: bool = True,
-                clock: StageClock | None = None) -> tuple[list[dict[str, object]], Future[bool] | None]:
-        """Score every instance with its arm (one matrix per arm); the answers, and the future that says
-        when their log records are durable (None: not accepted by the log). `clock` times the stages."""
+                started: float, single: bool = True, clock: StageClock | None = None) -> Answered:
+        """Score one request's instances: the answers, and the future that says when their log records are
+        durable (None: not accepted by the log). `clock` times the stages."""
+        result = self.predict_groups([Group(instances, request_id, endpoint, started, single)], explain, clock)[0]
+        if isinstance(result, ClientError):
+            raise result
+        return result
+
+    def predict_groups(self, groups: list[Group], explain: bool = False,
+                       clock: StageClock | None = None) -> list[Answered | ClientError]:
+        """Score several requests in one pass, each instance with its arm (one matrix per arm). Per request:
+        its answers and log future, or the ClientError that refuses it alone (an unknown category, no
+        prediction time): the others are scored all the same."""
         clock = clock or self.metrics.clock()
         arms = self.slot.arms
         if arms.champion is None:
             raise NotReady
-        requests = [i.model_dump(exclude={"explain"}) for i in instances]
-        self._refuse_unknown(requests, arms, single)
-        ids = [request_id] if len(instances) == 1 else [f"{request_id}:{i}" for i in range(len(instances))]
-        items = self._prepare(instances, requests, ids, arms, single)
+        results: list[Answered | ClientError] = []
+        instances: list[BaseModel] = []
+        requests: list[dict[str, object]] = []
+        times: list[datetime] = []
+        ids: list[str] = []
+        places: list[tuple[int, int]] = []
+        for index, group in enumerate(groups):
+            dumped = [i.model_dump(exclude={"explain"}) for i in group.instances]
+            try:
+                self._refuse_unknown(dumped, arms, group.single)
+                when = self._times(dumped, group.single)
+            except ClientError as exc:
+                results.append(exc)
+                continue
+            results.append(([], None))
+            n, rid = len(dumped), group.request_id
+            instances += group.instances
+            requests += dumped
+            times += when
+            ids += [rid] if n == 1 else [f"{rid}:{i}" for i in range(n)]
+            places += [(index, i) for i in range(n)]
+        if not requests:
+            return results
+        items = self._prepare(instances, requests, times, ids, places, arms)
         clock.lap("lookup")
         answers: list[dict[str, object]] = [{} for _ in items]
         records: list[dict[str, object]] = []
@@ -198,9 +250,13 @@ class Service:
             shadow = arms.challenger if self.config.experiment == "shadow" else None
             if shadow is not None:
                 self._score(shadow, "shadow", items, False, list(range(len(items))), None, records, clock)
-        future = self._log(records, request_id, endpoint, (time.perf_counter() - started) * 1000)
+        future = self._log(records, groups)
         clock.lap("log")
-        return answers, future
+        for item, answer in zip(items, answers, strict=True):
+            result = results[item.group]
+            assert not isinstance(result, ClientError)
+            result[0].append(answer)
+        return [r if isinstance(r, ClientError) else (r[0], future) for r in results]
 
     def _score(self, loaded: LoadedModel | None, arm: str, items: list[Prepared], explain: bool,
                positions: list[int], answers: list[dict[str, object]] | None,
@@ -216,7 +272,7 @@ class Service:
             fields = outcome(model, outputs[j], self.project.threshold)
             missing = [*item.lookup.missing, *(f for f in self.direct if item.row.get(f) is None),
                        *model.unseen(item.row)]
-            records.append(self._record(loaded, arm, item, position, fields, missing))
+            records.append(self._record(loaded, arm, item, fields, missing))
             if answers is None:
                 continue
             answers[position] = {**fields, "model": {"name": loaded.name, "version": loaded.version}, "arm": arm,
@@ -245,8 +301,9 @@ class Service:
             missing = [*item.lookup.missing, *(f for f in self.direct if rows[j].get(f) is None),
                        *dict.fromkeys(u for m in parts.values() for u in m.model.unseen(rows[j]))]
             read = dict.fromkeys(f for m in parts.values() for f in m.model.features)
-            scored_item = Prepared(item.inputs, rows[j], item.lookup, item.prediction_time, "routine")
-            record = self._record(lead, "routine", scored_item, j, fields, missing, read)
+            scored_item = Prepared(item.inputs, rows[j], item.lookup, item.prediction_time, "routine", item.group,
+                                   item.position)
+            record = self._record(lead, "routine", scored_item, fields, missing, read)
             records.append({**record, "model_name": spec.name, "model_version": routine.label, "routine": spec.name,
                             "components": components})
             answers[j] = {**fields, "model": {"name": spec.name, "version": routine.label}, "arm": "routine",
@@ -261,22 +318,25 @@ class Service:
         self.metrics.predicted("routine", len(items), routine.label)
         clock.lap("answer")
 
-    def _record(self, loaded: LoadedModel, arm: str, item: Prepared, position: int, fields: dict[str, object],
+    def _record(self, loaded: LoadedModel, arm: str, item: Prepared, fields: dict[str, object],
                 missing: list[str], features: Iterable[str] | None = None) -> dict[str, object]:
-        """One instance's log record; NaN and numpy values are the log encoder's to write (as null, numbers)."""
+        """One instance's log record; NaN and numpy values are the log encoder's to write (as null, numbers).
+        `_group` says whose request it is until `_log` stamps the request's id and latency on it."""
         names = list(features or loaded.model.features)
-        return {"instance": position, "status": 200, "arm": arm, "model_name": loaded.name,
+        return {"_group": item.group, "instance": item.position, "status": 200, "arm": arm, "model_name": loaded.name,
                 "model_version": loaded.version, LOG_INPUTS: item.inputs,
                 LOG_FEATURES: dict(zip(names, map(item.row.get, names), strict=True)),
                 PREDICTION_TIME: item.prediction_time.isoformat(), **fields,
                 LOG_PREDICTION: logged_prediction(fields), "feature_freshness": item.lookup.freshness,
                 "missing_features": missing}
 
-    def _log(self, records: list[dict[str, object]], request_id: str, endpoint: str,
-             latency_ms: float) -> Future[bool] | None:
-        now = datetime.now(UTC).isoformat()
+    def _log(self, records: list[dict[str, object]], groups: list[Group]) -> Future[bool] | None:
+        """Stamp each record with its request's id, endpoint and latency so far; one write for them all."""
+        now, done = datetime.now(UTC).isoformat(), time.perf_counter()
+        stamps = [{"request_id": g.request_id, "timestamp": now, "endpoint": g.endpoint,
+                   "latency_ms": (done - g.started) * 1000} for g in groups]
         for record in records:
-            record.update(request_id=request_id, timestamp=now, endpoint=endpoint, latency_ms=latency_ms)
+            record.update(stamps[record.pop("_group", 0)])  # type: ignore[call-overload]
         try:
             return self.log.submit(records)
         except LogFull:
@@ -287,7 +347,7 @@ class Service:
         """A refused or failed request is a log record too (status and reason, no inputs)."""
         return self._log([{"status": status, "arm": None,
                            "error": detail if isinstance(detail, str) else json.dumps(detail)}],
-                         request_id, endpoint, (time.perf_counter() - started) * 1000)
+                         [Group([], request_id, endpoint, started)])
 
 
 def _contributions(model: ScoringModel, rows: list[dict[str, object]], which: list[int]) -> dict[int, np.ndarray]:

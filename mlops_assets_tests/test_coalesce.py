@@ -1,0 +1,113 @@
+"""Requests ready in the same event-loop turn are scored in one pass, and each is still answered, refused and
+logged as itself. The service is the real app on a real registry, online store and prediction log, driven
+through its ASGI interface so that concurrent requests reach it in one turn deterministically."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mlops_assets.serving.app import create_app
+from mlops_assets.serving.coalesce import Coalescer
+from mlops_assets_tests.serving_fixtures import Platform, build_flights, build_weather, log_lines
+
+
+async def _scored_together(items: list[int], score: Callable[[list[int]], list[object]],
+                           max_rows: int = 100) -> tuple[list[object], list[int]]:
+    sizes: list[int] = []
+    coalescer = Coalescer(score, lambda item: item, max_rows, sizes.append)
+    results = await asyncio.gather(*(coalescer.submit(i) for i in items), return_exceptions=True)
+    return results, sizes
+
+
+def test_items_of_one_turn_share_a_pass_and_an_error_stays_with_its_item() -> None:
+    calls: list[list[int]] = []
+
+    def score(items: list[int]) -> list[object]:
+        calls.append(items)
+        return [ValueError(f"refused {i}") if i == 3 else i * 10 for i in items]
+
+    results, sizes = asyncio.run(_scored_together([1, 2, 3, 4], score))
+    assert calls == [[1, 2, 3, 4]] and sizes == [4]
+    assert results[:2] == [10, 20] and results[3] == 40
+    assert isinstance(results[2], ValueError) and str(results[2]) == "refused 3"
+
+
+def test_a_pass_holds_at_most_max_rows_and_the_rest_follow_in_the_next_turn() -> None:
+    calls: list[list[int]] = []
+
+    def score(items: list[int]) -> list[object]:
+        calls.append(items)
+        return list(items)
+
+    results, sizes = asyncio.run(_scored_together([60, 30, 20, 150, 5], score, max_rows=100))
+    assert results == [60, 30, 20, 150, 5]
+    assert calls == [[60, 30], [20], [150], [5]] and sizes == [2, 1, 1, 1]
+
+
+def test_a_failing_pass_reaches_every_caller() -> None:
+    def score(items: list[int]) -> list[object]:
+        raise RuntimeError("model broke")
+
+    results, _ = asyncio.run(_scored_together([1, 2], score))
+    assert all(isinstance(r, RuntimeError) for r in results)
+
+
+@pytest.fixture(scope="module")
+def flights(tmp_path_factory: pytest.TempPathFactory) -> Platform:
+    platform = build_flights(tmp_path_factory.mktemp("coalesce"))
+    platform.move("champion", "1")
+    return platform
+
+
+async def _post_all(app: object, bodies: list[object], concurrently: bool) -> list[httpx.Response]:
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app), httpx.AsyncClient(  # type: ignore[attr-defined]
+            transport=transport, base_url="http://service") as client:
+        if concurrently:
+            return list(await asyncio.gather(*(client.post("/v1/predict", json=b) for b in bodies)))
+        return [await client.post("/v1/predict", json=b) for b in bodies]
+
+
+def _answer(response: httpx.Response) -> dict[str, object]:
+    body = response.json()
+    body.pop("request_id")
+    return body
+
+
+def test_concurrent_requests_are_one_pass_answered_and_logged_as_each_alone(flights: Platform,
+                                                                            tmp_path: Path) -> None:
+    bodies = flights.requests(6)
+    alone_config, together_config = flights.config(tmp_path / "alone"), flights.config(tmp_path / "together")
+    alone = asyncio.run(_post_all(create_app(alone_config), bodies, concurrently=False))
+    app = create_app(together_config)
+    together = asyncio.run(_post_all(app, bodies, concurrently=True))
+    assert [r.status_code for r in together] == [200] * 6
+    assert app.state.coalescer.passes == 1 and app.state.coalescer.scored == 6
+    assert [_answer(r) for r in together] == [_answer(r) for r in alone]
+    records, time = {r["request_id"]: r for r in log_lines(together_config)}, flights.spec.request.time
+    for response, body in zip(together, bodies, strict=True):
+        record = records[response.json()["request_id"]]
+        assert record["instance"] == 0 and record["status"] == 200 and record["endpoint"] == "/v1/predict"
+        assert record["probability"] == response.json()["probability"]
+        assert {k: v for k, v in record["inputs"].items() if k != time} == {k: v for k, v in body.items() if k != time}
+    assert len(records) == 6
+
+
+def test_a_refused_request_in_a_pass_is_refused_alone(tmp_path_factory: pytest.TempPathFactory,
+                                                      tmp_path: Path) -> None:
+    """weather's multiclass model never saw New York and the project refuses unknown categories."""
+    _, kind = build_weather(tmp_path_factory.mktemp("coalesce_weather"))
+    seattle = [r for r in kind.requests(40) if r["location"] == "Seattle"][:3]
+    config = kind.config(tmp_path)
+    app = create_app(config)
+    responses = asyncio.run(_post_all(app, [seattle[0], {**seattle[1], "location": "New York"}, seattle[2]], True))
+    assert [r.status_code for r in responses] == [200, 422, 200]
+    assert responses[1].json()["detail"][0]["field"] == "location"
+    assert app.state.coalescer.passes == 1
+    statuses = {r["request_id"]: r["status"] for r in log_lines(config)}
+    assert [statuses[r.json()["request_id"]] for r in responses] == [200, 422, 200]
