@@ -40,6 +40,8 @@ from typing import Literal, NoReturn, get_args
 import numpy as np
 import polars as pl
 
+from mlops_assets.features.window_kernels import CODES, read_packed, warm
+
 Function = Literal["count", "sum", "mean", "min", "max", "share", "last"]
 FUNCTIONS: tuple[str, ...] = get_args(Function)
 NUMERIC_FUNCTIONS = frozenset({"sum", "mean", "min", "max"})
@@ -152,6 +154,15 @@ class _Plan:
     @cached_property
     def arithmetic(self) -> _Arithmetic:
         return _Arithmetic.of(self)
+
+    @cached_property
+    def kernel(self) -> tuple[np.ndarray, ...]:
+        """The aggregations as `read_packed` takes them: function code, window, flag, value, nonfinite, extreme."""
+        c = self.compiled
+        return (np.array([CODES[a.function] for a in c], dtype=np.int64), np.array([a.window for a in c], dtype=np.int64),
+                np.array([a.flag for a in c], dtype=np.int64), np.array([a.value for a in c], dtype=np.int64),
+                np.array([a.nonfinite for a in c], dtype=np.int64).reshape(len(c), 3),
+                np.array([a.extreme for a in c], dtype=np.int64))
 
     def input_name(self, column: str) -> str:
         return f"__in{self.columns.index(column)}"
@@ -667,37 +678,32 @@ class OnlineWindows:
         self._packed = _Packed(self._histories, self._plan)
         self._packed.adopt(self._histories)
         self._dirty = set()
+        warm()
 
     def compute_columns(self, keys: Sequence[tuple], t_us: Sequence[int]) -> WindowColumns:
         """`compute` for a batch of (key, epoch-µs time) at once, the same values to the bit. Keys unchanged
         since the last `pack` are answered from the packed histories in one vectorised pass; keys pushed
         since, per key (one searchsorted and gather each), with every aggregation then vectorised too.
         Repacks when more than REPACK_SHARE of the keys (at least REPACK_MIN) changed."""
-        n, plan = len(keys), self._plan
+        plan = self._plan
         keys = [key if isinstance(key, tuple) else (key,) for key in keys]
         if self._packed is None or len(self._dirty) > max(REPACK_MIN, REPACK_SHARE * len(self._histories)):
             self.pack()
         horizon = self._horizon_us
-        complete = [True] * n if horizon is None else [t - plan.max_window_us >= horizon for t in t_us]
-        values = {name: [empty] * n for name, empty in self._empty.items()}
-        latest: list[int | None] = [None] * n
+        complete = [True] * len(keys) if horizon is None else [t - plan.max_window_us >= horizon for t in t_us]
         dirty = self._dirty
         changed = [i for i, key in enumerate(keys) if key in dirty] if dirty else []
-        packed = [i for i in range(n) if keys[i] not in dirty] if changed else list(range(n))
         assert self._packed is not None
-        for rows, read in ((packed, self._packed.read), (changed, self._read_per_key)):
-            found, found_latest, columns = read(plan, [keys[i] for i in rows], [t_us[i] for i in rows],
-                                                self._offsets) if rows else ([], [], {})
-            if len(found) == n:  # every query of the batch had events: the columns are the answer as they are
-                values.update(columns)
-                latest = found_latest
-            elif found:
-                for c in plan.compiled:
-                    column = values[c.name]
-                    for q, value in zip(found, columns[c.name], strict=True):
-                        column[rows[q]] = value
-                for q, us in zip(found, found_latest, strict=True):
-                    latest[rows[q]] = us
+        values, latest = self._packed.read(plan, keys, t_us, self._offsets, set(changed))
+        if changed:
+            found, found_latest, columns = self._read_per_key(plan, [keys[i] for i in changed],
+                                                              [t_us[i] for i in changed], self._offsets)
+            for c in plan.compiled:
+                column = values[c.name]
+                for q, value in zip(found, columns[c.name], strict=True):
+                    column[changed[q]] = value
+            for q, us in zip(found, found_latest, strict=True):
+                latest[changed[q]] = us
         return WindowColumns(values, latest, complete)
 
     def _read_per_key(self, plan: _Plan, keys: list[tuple], t_us: list[int],
@@ -722,12 +728,13 @@ class OnlineWindows:
 
 
 REPACK_MIN, REPACK_SHARE = 64, 0.02
+NO_EVENT = np.iinfo(np.int64).min
 
 
 class _Packed:
     """A view's histories as segments of single arrays (key order fixed at packing): each key's events and
     its own prefix sums (n + 1 entries) are copied as they are, so sums read here equal the per-key ones.
-    A (segment, time-rank) code orders all events, so one searchsorted bounds every query of a batch."""
+    A batch is read by one compiled loop (`read_packed`: a binary search inside each query's segment)."""
 
     def __init__(self, histories: dict[tuple, _History], plan: _Plan) -> None:
         held = [(key, h) for key, h in histories.items() if h.n]
@@ -746,40 +753,34 @@ class _Packed:
         self.ext = np.concatenate([h.ext[:, :h.n] for _, h in held], axis=1) if held else np.empty((n_ext, 0))
         self.last = (np.concatenate([h.last[:, :h.n] for _, h in held], axis=1) if held
                      else np.empty((n_last, 0), dtype=object))
-        segments = np.repeat(np.arange(len(held), dtype=np.int64), sizes)
-        self.base = int(self.ts.min()) if len(self.ts) else 0
-        self.span = (int(self.ts.max()) - self.base + 2) if len(self.ts) else 2
-        self.distinct: np.ndarray | None = None
-        if len(held) * self.span >= 2**62:  # times too spread for (segment, time) in an int64: rank them
-            self.distinct = np.unique(self.ts)
-            self.span = len(self.distinct) + 1
-        self.codes = segments * self.span + self._time_code(self.ts)
-        self._tables: dict[int, np.ndarray] = {}
-        self._latest: dict[int, np.ndarray] = {}
 
-    def read(self, plan: _Plan, keys: list[tuple], t_us: list[int],
-             offsets: np.ndarray) -> tuple[list[int], list[int], dict[str, list[object]]]:
-        """Like `_read_per_key`, for keys held at packing time, in numpy over the whole batch."""
-        segment = np.array([self.segment.get(key, -1) for key in keys], dtype=np.int64)
-        queries = np.flatnonzero(segment >= 0)
-        if not len(queries):
-            return [], [], {}
-        seg, t = segment[queries], np.asarray(t_us, dtype=np.int64)[queries]
-        needles = (seg * self.span + self._time_code(t[None, :] - offsets[:, None])).ravel()
-        order = np.argsort(needles, kind="stable")  # searched in order: each search starts where the last ended
-        upper = np.empty_like(needles)
-        upper[order] = self.codes.searchsorted(needles[order], side="right")
-        upper = upper.reshape(len(offsets), len(seg))  # (1 + windows, queries)
-        counts = upper - self.starts[seg]
-        hit = np.flatnonzero(counts[0] > 0)
-        if not len(hit):
-            return [], [], {}
-        upper, counts, seg = upper[:, hit], counts[:, hit], seg[hit]
-        at = self.sums[self.sum_starts[seg] + counts]  # (1 + windows, hits, channels)
-        sums = np.transpose(at[:1] - at[1:], (1, 2, 0))
-        latest = self.ts[upper[0] - 1].tolist()
-        return (queries[hit].tolist(), latest,
-                _read_all(plan, sums, lambda c, ok: self._scan(c, ok, upper)))
+    def read(self, plan: _Plan, keys: list[tuple], t_us: Sequence[int], offsets: np.ndarray,
+             skip: set[int]) -> tuple[dict[str, list[object]], list[int | None]]:
+        """Every aggregation for each query (compiled: `read_packed`), the empty window for a key not held at
+        packing or a query in `skip`; and each query's latest event time (None: no event by t)."""
+        n, names = len(keys), [c.name for c in plan.compiled]
+        segment = self.segment
+        seg = np.fromiter((segment.get(key, -1) for key in keys), dtype=np.int64, count=n)
+        if skip:
+            seg[list(skip)] = -1
+        out = np.full((n, len(names)), math.nan)
+        valid = np.zeros((n, len(names)), dtype=bool)
+        counts = plan.kernel[0] == CODES["count"]
+        out[:, counts], valid[:, counts] = 0.0, True
+        picks = np.full((n, len(names)), -1, dtype=np.int64)
+        latest = np.full(n, NO_EVENT, dtype=np.int64)
+        read_packed(seg, np.asarray(t_us, dtype=np.int64), offsets, self.starts, self.sum_starts, self.ts, self.sums,
+                    self.chan, self.ext, *plan.kernel, out, valid, picks, latest)
+        values = out.astype(object)
+        values[~valid] = None
+        for j, c in enumerate(plan.compiled):
+            if c.function == "last":
+                rows = picks[:, j]
+                found = rows >= 0
+                values[found, j] = self.last[c.last, rows[found]]
+        when = latest.astype(object)
+        when[latest == NO_EVENT] = None
+        return dict(zip(names, values.T.tolist(), strict=True)), when.tolist()
 
     def adopt(self, histories: dict[tuple, _History]) -> None:
         """Point each packed key's history at its segment (numpy views, no copy), so a view's events are held
@@ -790,44 +791,6 @@ class _Packed:
             top = int(self.sum_starts[segment])
             history.ts, history.chan, history.ext = self.ts[lo:hi], self.chan[:, lo:hi], self.ext[:, lo:hi]
             history.last, history.sums = self.last[:, lo:hi], self.sums[top:top + hi - lo + 1].T
-
-    def _time_code(self, t: np.ndarray) -> np.ndarray:
-        """A time's place within a segment's codes: events get 1..span-1; a query the count of events at or
-        before it lands right after them (clipped: before every event 0, after every event span-1)."""
-        if self.distinct is not None:
-            return self.distinct.searchsorted(t, side="right")
-        return np.clip(t - self.base + 1, 0, self.span - 1)
-
-    def _scan(self, c: _Compiled, ok: list[bool], upper: np.ndarray) -> list[object]:
-        """min/max over each window from a sparse table, last from the latest flagged event before the bound."""
-        good = np.asarray(ok, dtype=bool)
-        hi = upper[0]
-        if c.function == "last":
-            latest = self._latest_flagged(c.flag)
-            rows = latest[np.maximum(hi - 1, 0)]
-            picked = self.last[c.last, rows].tolist()
-            return [value if g else None for value, g in zip(picked, ok, strict=True)]
-        out = np.zeros(len(good))
-        if good.any():
-            op = np.minimum if c.function == "min" else np.maximum
-            lo, top = upper[1 + c.window][good], hi[good]
-            level = np.frexp(top - lo)[1].astype(np.int64) - 1
-            table, n = self._table(c.extreme, op, int(level.max())), len(self.ts)
-            out[good] = op(table[level * n + lo], table[level * n + top - (1 << level)])
-        return [value if g else None for value, g in zip(out.tolist(), ok, strict=True)]
-
-    def _latest_flagged(self, flag: int) -> np.ndarray:
-        if flag not in self._latest:
-            flagged = np.where(self.chan[flag] > 0, np.arange(len(self.ts)), -1)
-            self._latest[flag] = np.maximum.accumulate(flagged) if len(flagged) else flagged
-        return self._latest[flag]
-
-    def _table(self, extreme: int, op: np.ufunc, levels: int) -> np.ndarray:
-        """The extreme channel's sparse table over the packed events, cached and grown on demand."""
-        table = self._tables.get(extreme)
-        if table is None or len(table) < (levels + 1) * len(self.ts):
-            table = self._tables[extreme] = sparse_table(self.ext[extreme], op, levels)
-        return table
 
 
 def _rows_by_key(raw: pl.DataFrame, keys: Sequence[str], ts: np.ndarray) -> dict[tuple, np.ndarray]:
