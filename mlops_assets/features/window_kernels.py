@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 COUNT, SUM, MEAN, SHARE, MIN, MAX, LAST = range(7)
+NO_EVENT = np.iinfo(np.int64).min
 CODES = {"count": COUNT, "sum": SUM, "mean": MEAN, "share": SHARE, "min": MIN, "max": MAX, "last": LAST}
 
 
@@ -37,10 +38,20 @@ def _upper(ts: np.ndarray, lo: int, hi: int, t: int) -> int:
 def read_packed(seg: np.ndarray, t: np.ndarray, offsets: np.ndarray, starts: np.ndarray, sum_starts: np.ndarray,
                 ts: np.ndarray, sums: np.ndarray, chan: np.ndarray, ext: np.ndarray, fn: np.ndarray,
                 window: np.ndarray, flag: np.ndarray, value: np.ndarray, nonfinite: np.ndarray,
-                extreme: np.ndarray, out: np.ndarray, valid: np.ndarray, picks: np.ndarray,
-                latest: np.ndarray) -> None:
-    """Fill out/valid (queries x aggregations; valid False = null), picks (the event row `last` reads, -1)
-    and latest (the latest event's time at or before t; left as it was when there is none). Queries with seg < 0 are skipped."""
+                extreme: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(out, valid, picks, latest): per query and aggregation its value and whether it is one (False =
+    null; count is 0.0 for an empty window), the event row `last` reads (-1: none), and per query the
+    latest event's time at or before t (NO_EVENT: none). Queries with seg < 0 get the empty window."""
+    n, n_aggs = len(seg), len(fn)
+    out = np.full((n, n_aggs), np.nan)
+    valid = np.zeros((n, n_aggs), dtype=np.bool_)
+    picks = np.full((n, n_aggs), -1, dtype=np.int64)
+    latest = np.full(n, NO_EVENT, dtype=np.int64)
+    for q in range(n):
+        for a in range(n_aggs):
+            if fn[a] == COUNT:
+                out[q, a] = 0.0
+                valid[q, a] = True
     n_windows = len(offsets) - 1
     counts = np.empty(n_windows, dtype=np.int64)
     for q in range(len(seg)):
@@ -95,11 +106,11 @@ def read_packed(seg: np.ndarray, t: np.ndarray, offsets: np.ndarray, starts: np.
                 while i >= first and chan[flag[a], i] <= 0:
                     i -= 1
                 picks[q, a] = i
+    return out, valid, picks, latest
 
 
 def warm() -> None:
     """Compile (or load from the cache) off the request path: the first call of a process does it."""
     i1, i2 = np.empty(0, dtype=np.int64), np.zeros(2, dtype=np.int64)
     read_packed(i1, i1, i2, i2, i2, i1, np.empty((0, 0)), np.empty((0, 0)), np.empty((0, 0)), i1, i1, i1, i1,
-                np.empty((0, 3), dtype=np.int64), i1, np.empty((0, 0)), np.empty((0, 0), dtype=np.bool_),
-                np.empty((0, 0), dtype=np.int64), i1)
+                np.empty((0, 3), dtype=np.int64), i1)

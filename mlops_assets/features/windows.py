@@ -35,12 +35,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
+from itertools import repeat
 from typing import Literal, NoReturn, get_args
 
 import numpy as np
 import polars as pl
 
-from mlops_assets.features.window_kernels import CODES, read_packed, warm
+from mlops_assets.features.window_kernels import CODES, NO_EVENT, read_packed, warm
 
 Function = Literal["count", "sum", "mean", "min", "max", "share", "last"]
 FUNCTIONS: tuple[str, ...] = get_args(Function)
@@ -154,6 +155,11 @@ class _Plan:
     @cached_property
     def arithmetic(self) -> _Arithmetic:
         return _Arithmetic.of(self)
+
+    @cached_property
+    def outputs(self) -> tuple[list[str], list[tuple[int, int]]]:
+        """The aggregation names in order, and (position, last-input index) of each `last` aggregation."""
+        return [c.name for c in self.compiled], [(j, c.last) for j, c in enumerate(self.compiled) if c.function == "last"]
 
     @cached_property
     def kernel(self) -> tuple[np.ndarray, ...]:
@@ -686,7 +692,8 @@ class OnlineWindows:
         since, per key (one searchsorted and gather each), with every aggregation then vectorised too.
         Repacks when more than REPACK_SHARE of the keys (at least REPACK_MIN) changed."""
         plan = self._plan
-        keys = [key if isinstance(key, tuple) else (key,) for key in keys]
+        if not all(map(isinstance, keys, repeat(tuple))):
+            keys = [key if isinstance(key, tuple) else (key,) for key in keys]
         if self._packed is None or len(self._dirty) > max(REPACK_MIN, REPACK_SHARE * len(self._histories)):
             self.pack()
         horizon = self._horizon_us
@@ -728,7 +735,7 @@ class OnlineWindows:
 
 
 REPACK_MIN, REPACK_SHARE = 64, 0.02
-NO_EVENT = np.iinfo(np.int64).min
+SMALL_READ = 256  # queries x aggregations up to which `_Packed.read` converts with lists
 
 
 class _Packed:
@@ -758,29 +765,29 @@ class _Packed:
              skip: set[int]) -> tuple[dict[str, list[object]], list[int | None]]:
         """Every aggregation for each query (compiled: `read_packed`), the empty window for a key not held at
         packing or a query in `skip`; and each query's latest event time (None: no event by t)."""
-        n, names = len(keys), [c.name for c in plan.compiled]
+        n, (names, lasts) = len(keys), plan.outputs
         segment = self.segment
-        seg = np.fromiter((segment.get(key, -1) for key in keys), dtype=np.int64, count=n)
+        seg = np.fromiter(map(segment.get, keys, repeat(-1, n)), dtype=np.int64, count=n)
         if skip:
             seg[list(skip)] = -1
-        out = np.full((n, len(names)), math.nan)
-        valid = np.zeros((n, len(names)), dtype=bool)
-        counts = plan.kernel[0] == CODES["count"]
-        out[:, counts], valid[:, counts] = 0.0, True
-        picks = np.full((n, len(names)), -1, dtype=np.int64)
-        latest = np.full(n, NO_EVENT, dtype=np.int64)
-        read_packed(seg, np.asarray(t_us, dtype=np.int64), offsets, self.starts, self.sum_starts, self.ts, self.sums,
-                    self.chan, self.ext, *plan.kernel, out, valid, picks, latest)
+        out, valid, picks, latest = read_packed(seg, np.asarray(t_us, dtype=np.int64), offsets, self.starts,
+                                                self.sum_starts, self.ts, self.sums, self.chan, self.ext, *plan.kernel)
+        if n * len(names) <= SMALL_READ:  # a few queries: plain lists beat a dozen numpy calls
+            columns = [[v if ok else None for v, ok in zip(col, oks, strict=True)]
+                       for col, oks in zip(out.T.tolist(), valid.T.tolist(), strict=True)]
+            for j, last in lasts:
+                columns[j] = [None if i < 0 else self.last[last, i] for i in picks[:, j].tolist()]
+            when = [None if us == NO_EVENT else us for us in latest.tolist()]
+            return dict(zip(names, columns, strict=True)), when
         values = out.astype(object)
         values[~valid] = None
-        for j, c in enumerate(plan.compiled):
-            if c.function == "last":
-                rows = picks[:, j]
-                found = rows >= 0
-                values[found, j] = self.last[c.last, rows[found]]
-        when = latest.astype(object)
-        when[latest == NO_EVENT] = None
-        return dict(zip(names, values.T.tolist(), strict=True)), when.tolist()
+        for j, last in lasts:
+            rows = picks[:, j]
+            found = rows >= 0
+            values[found, j] = self.last[last, rows[found]]
+        stamps = latest.astype(object)
+        stamps[latest == NO_EVENT] = None
+        return dict(zip(names, values.T.tolist(), strict=True)), stamps.tolist()
 
     def adopt(self, histories: dict[tuple, _History]) -> None:
         """Point each packed key's history at its segment (numpy views, no copy), so a view's events are held

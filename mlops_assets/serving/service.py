@@ -54,6 +54,7 @@ class Prepared:
     arm: str
     group: int = 0
     position: int = 0
+    when: str = ""  # prediction_time in ISO 8601, once for the answer and the record
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ class Service:
             arm = choose_arm(mode, share, split_key(request, rid, self.split_key),
                              cfg.split_salt, arms.challenger is not None)
             inputs = instance.model_dump(mode="json", exclude={"explain"})
-            out.append(Prepared(inputs, row, found, when, arm, group, position))
+            out.append(Prepared(inputs, row, found, when, arm, group, position, when.isoformat()))
         return out
 
     def predict(self, instances: list[BaseModel], explain: bool, request_id: str, endpoint: str,
@@ -268,18 +269,19 @@ class Service:
         outputs = model.predict_matrix(matrix)
         contributions = model.contributions_matrix(matrix) if explain else None
         clock.lap("predict")
-        for j, (position, item) in enumerate(zip(positions, items, strict=True)):
-            fields = outcome(model, outputs[j], self.project.threshold)
-            missing = [*item.lookup.missing, *(f for f in self.direct if item.row.get(f) is None),
-                       *model.unseen(item.row)]
-            records.append(self._record(loaded, arm, item, fields, missing))
+        threshold, direct, unseen, names = self.project.threshold, self.direct, model.unseen, list(model.features)
+        named = {"name": loaded.name, "version": loaded.version}
+        for j, (position, item, output) in enumerate(zip(positions, items, outputs.tolist(), strict=True)):
+            row = item.row
+            fields = outcome(model, output, threshold)
+            missing = [*item.lookup.missing, *(f for f in direct if row.get(f) is None), *unseen(row)]
+            records.append(self._record(loaded, arm, item, fields, missing, names))
             if answers is None:
                 continue
-            answers[position] = {**fields, "model": {"name": loaded.name, "version": loaded.version}, "arm": arm,
-                                 "prediction_time": item.prediction_time.isoformat(),
+            answers[position] = {**fields, "model": named, "arm": arm, "prediction_time": item.when,
                                  "feature_freshness": item.lookup.freshness, "missing_features": missing}
             if contributions is not None:
-                answers[position]["explanation"] = explain_one(model, contributions[j], item.row,
+                answers[position]["explanation"] = explain_one(model, contributions[j], row,
                                                                self.config.explain_top_k, fields)
         self.metrics.predicted(arm, len(items))
         clock.lap("answer")
@@ -302,13 +304,13 @@ class Service:
                        *dict.fromkeys(u for m in parts.values() for u in m.model.unseen(rows[j]))]
             read = dict.fromkeys(f for m in parts.values() for f in m.model.features)
             scored_item = Prepared(item.inputs, rows[j], item.lookup, item.prediction_time, "routine", item.group,
-                                   item.position)
+                                   item.position, item.when)
             record = self._record(lead, "routine", scored_item, fields, missing, read)
             records.append({**record, "model_name": spec.name, "model_version": routine.label, "routine": spec.name,
                             "components": components})
             answers[j] = {**fields, "model": {"name": spec.name, "version": routine.label}, "arm": "routine",
                           "routine": spec.name, "components": components,
-                          "prediction_time": item.prediction_time.isoformat(),
+                          "prediction_time": item.when,
                           "feature_freshness": item.lookup.freshness, "missing_features": missing}
             if explain:
                 answers[j]["explanation"] = {"routine": scores.breakdown[j], "components": {
@@ -322,11 +324,11 @@ class Service:
                 missing: list[str], features: Iterable[str] | None = None) -> dict[str, object]:
         """One instance's log record; NaN and numpy values are the log encoder's to write (as null, numbers).
         `_group` says whose request it is until `_log` stamps the request's id and latency on it."""
-        names = list(features or loaded.model.features)
+        names = features if isinstance(features, list) else list(features or loaded.model.features)
         return {"_group": item.group, "instance": item.position, "status": 200, "arm": arm, "model_name": loaded.name,
                 "model_version": loaded.version, LOG_INPUTS: item.inputs,
                 LOG_FEATURES: dict(zip(names, map(item.row.get, names), strict=True)),
-                PREDICTION_TIME: item.prediction_time.isoformat(), **fields,
+                PREDICTION_TIME: item.when, **fields,
                 LOG_PREDICTION: logged_prediction(fields), "feature_freshness": item.lookup.freshness,
                 "missing_features": missing}
 
