@@ -10,6 +10,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from mlops_assets.serving.app import create_app
 from mlops_assets.serving.coalesce import Coalescer
@@ -111,3 +112,31 @@ def test_a_refused_request_in_a_pass_is_refused_alone(tmp_path_factory: pytest.T
     assert app.state.coalescer.passes == 1
     statuses = {r["request_id"]: r["status"] for r in log_lines(config)}
     assert [statuses[r.json()["request_id"]] for r in responses] == [200, 422, 200]
+
+
+def _fast(client: TestClient) -> float:
+    line = next(x for x in client.get("/metrics").text.splitlines()
+                if x.startswith("mlops_serving_fast_path_requests_total"))
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_the_fast_path_answers_like_the_routed_endpoint_and_leaves_refusals_to_it(flights: Platform,
+                                                                                   tmp_path: Path) -> None:
+    """A plain request skips FastAPI's routing; one with a query string takes the route; both answer alike.
+    A refusal found on the fast path (here an unknown field) is answered by the route: a logged 422."""
+    body = flights.requests(1)[0]
+    config = flights.config(tmp_path)
+    with TestClient(create_app(config)) as client:
+        before = _fast(client)
+        fast = client.post("/v1/predict", json=body)
+        routed = client.post("/v1/predict?explain=false", json=body)
+        refused = client.post("/v1/predict", json={**body, "runway": "4L"})
+        batch = client.post("/v1/predict/batch", json={"instances": [body, body]})
+        after = _fast(client)
+    assert fast.status_code == routed.status_code == batch.status_code == 200
+    assert _answer(fast) == _answer(routed) == batch.json()["predictions"][0]
+    assert fast.headers["x-prediction-log"] == routed.headers["x-prediction-log"] == "durable"
+    assert refused.status_code == 422 and refused.json()["detail"][0]["field"] == "runway"
+    assert after - before == 2
+    statuses = {r["request_id"]: r["status"] for r in log_lines(config)}
+    assert statuses[refused.json()["request_id"]] == 422 and statuses[fast.json()["request_id"]] == 200

@@ -110,6 +110,9 @@ class Metrics:
                         "log_wait, wall seconds until the records were durable (the thread serves others then).",
                         ["stage"], registry=reg)
         self.stages = {name: stage.labels(name) for name in STAGES}
+        self.fast_path = Counter(f"{PREFIX}_fast_path_requests", "Prediction requests answered without FastAPI's "
+                                 "routing layers (the common case; the rest, e.g. refusals, go through it).",
+                                 registry=reg)
         self.pass_requests = Histogram(f"{PREFIX}_scoring_pass_requests", "Requests scored together in one pass "
                                        "(coalesced: ready in the same event-loop turn).", buckets=PASS_BUCKETS,
                                        registry=reg)
