@@ -29,7 +29,7 @@ from mlops_assets.serving.alerts import ServingAlerts
 from mlops_assets.serving.answers import component_prediction, explain_one, logged_prediction, outcome
 from mlops_assets.serving.config import ConfigError, ServingConfig
 from mlops_assets.serving.errors import ClientError
-from mlops_assets.serving.experiment import choose_arm, resolve_split_key, split_key
+from mlops_assets.serving.experiment import SPLIT_MODES, choose_arm, resolve_split_key, split_key
 from mlops_assets.serving.features import Lookup, OnlineFeatures
 from mlops_assets.serving.metrics import Metrics, StageClock
 from mlops_assets.serving.models import Arms, LoadedModel, ModelSlot, RegistryWatcher
@@ -42,7 +42,7 @@ class NotReady(Exception):
     """No champion is loaded yet: the service answers 503 until the registry has one."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Prepared:
     """One instance ready to score: its inputs, model row, lookup, prediction time, arm, and which request
     (group) and position within it it answers."""
@@ -187,12 +187,14 @@ class Service:
         cfg, out = self.config, []
         mode, share = (("canary", arms.rollout_share) if arms.rollout_share is not None
                        else (cfg.experiment, cfg.challenger_share))
+        split, direct = mode in SPLIT_MODES and arms.challenger is not None, self.direct
         for instance, request, when, found, rid, (group, position) in zip(instances, requests, times, lookups, ids,
                                                                           places, strict=True):
-            row = {**found.features, **calendar_values(self.project, request),
-                   **{f: request.get(f) for f in self.direct}}
-            arm = choose_arm(mode, share, split_key(request, rid, self.split_key),
-                             cfg.split_salt, arms.challenger is not None)
+            row = found.features  # this instance's own dict: the model row is built on it
+            row.update(calendar_values(self.project, request))
+            row.update(zip(direct, map(request.get, direct), strict=True))
+            arm = "champion" if not split else choose_arm(mode, share, split_key(request, rid, self.split_key),
+                                                           cfg.split_salt, True)
             inputs = instance.model_dump(mode="json", exclude={"explain"})
             out.append(Prepared(inputs, row, found, when, arm, group, position, when.isoformat()))
         return out
