@@ -710,6 +710,15 @@ def print_stages(results: list[dict]) -> None:
                   f"{r.get('requests_per_pass')} requests per scoring pass)")
 
 
+def little(connections: int, rows: int) -> str:
+    """What the latency goals imply: wrk keeps `connections` requests in flight, so the mean latency is
+    connections / throughput (Little's law) and a p99 goal needs at least that much throughput."""
+    single, batch = connections / (GOAL_SINGLE_P99_MS / 1000), connections / (GOAL_BATCH_P99_MS / 1000)
+    return (f"with {connections} connections always in flight the mean latency is connections / throughput, so "
+            f"p99 <= {GOAL_SINGLE_P99_MS:g} ms needs more than {single:,.0f} single req/s and p99 <= "
+            f"{GOAL_BATCH_P99_MS:g} ms more than {batch * rows:,.0f} rows/s in {rows}-row batches")
+
+
 def print_verdicts(verdicts: dict[int, dict[str, Any]], checks: dict[int, dict]) -> None:
     print()
     for n, v in verdicts.items():
@@ -844,6 +853,7 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_stages(results)
     print_verdicts(verdicts, checks)
+    print(f"note: {little(args.connections, args.batch_size)}")
     shared = warn_if_shared(results, busy_before)
     load_after = os.getloadavg()
     print(f"load average (1, 5, 15 min) on {os.cpu_count()} CPUs: before {load_text(load_before)}, "

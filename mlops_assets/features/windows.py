@@ -11,7 +11,7 @@ own, so one NaN cannot poison the prefix sums of every later window), min/max va
 neutral sentinel where the flag is off, and raw values for `last`. Per key, events are ordered by
 (known_at, input order offline / arrival order online), and:
 - count/sum/mean/share are differences of prefix sums at two searchsorted positions;
-- min/max come from a sparse table offline (two lookups per query) and a numpy scan online;
+- min/max come from a sparse table offline (two lookups per query) and a scan of the window online;
 - last is the last flagged position before the upper bound.
 
 Empty windows give count 0.0 and null for every other function (sum included: "no data" is not
@@ -566,8 +566,9 @@ Reader = Callable[[list[list[float]], _History, list[int]], object]
 class OnlineWindows:
     """Per-view in-memory event history per key; computes the same values as aggregate_at for any t.
 
-    Channels are evaluated once per pushed batch; a read is one searchsorted for all window bounds,
-    one gather of the prefix sums of all channels and, for min/max, a numpy scan of the window.
+    Channels are evaluated once per pushed batch; a read of one key is one searchsorted for all window
+    bounds, one gather of the prefix sums of all channels and, for min/max, a numpy scan of the window;
+    a batch of a packed view is one compiled loop (`window_kernels.read_packed`) doing the same.
     Events with equal known_at are ordered by arrival, as `aggregate_at` orders them by input row.
     Event ids are remembered for the object's lifetime (a replay after `trim` is still ignored).
     Not thread-safe: serialise `push`, `trim` and `compute` on one object (e.g. a lock per view).
