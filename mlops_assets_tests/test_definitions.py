@@ -51,6 +51,14 @@ def test_importing_the_package_or_the_serving_app_builds_no_definitions() -> Non
     assert out.stdout.strip() == "[]"
 
 
+def test_loading_the_definitions_leaves_numba_to_the_online_reads() -> None:
+    """numba takes ~0.3-1 s to import: every Dagster process loads the definitions, only serving reads views."""
+    code = "import sys, mlops_assets.definitions; print('numba' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False"
+
+
 def test_workspace_points_at_the_package(tmp_path: Path) -> None:
     assert "module_name: mlops_assets.definitions" in (PROJECT_ROOT / "workspace.yaml").read_text()
     env = {**os.environ, "DAGSTER_HOME": str(tmp_path), "MLOPS_STATE_DIR": str(tmp_path / "state")}

@@ -77,13 +77,18 @@ def calendar_features(project: Project, frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def calendar_values(project: Project, request: Mapping[str, object]) -> dict[str, int | None]:
-    """The per-request twin of `calendar_features`: {feature: int or None}."""
+    """The per-request twin of `calendar_features`: {feature: int or None}. Each datetime field is put in
+    its zone once, however many parts are taken of it."""
     out: dict[str, int | None] = {}
+    local: dict[str, datetime | None] = {}
     for name, feature in project.request.calendar.items():
-        value = request.get(feature.of)
-        zone_name = field_zone(project, feature.of)
-        moment = localize(value, zone_name) if isinstance(value, datetime | date) else None
-        out[name] = None if moment is None else PYTHON_PARTS[feature.part](moment.astimezone(zone(zone_name)))
+        if feature.of not in local:
+            value = request.get(feature.of)
+            zone_name = field_zone(project, feature.of)
+            moment = localize(value, zone_name) if isinstance(value, datetime | date) else None
+            local[feature.of] = None if moment is None else moment.astimezone(zone(zone_name))
+        moment = local[feature.of]
+        out[name] = None if moment is None else PYTHON_PARTS[feature.part](moment)
     return out
 
 

@@ -41,8 +41,6 @@ from typing import Literal, NoReturn, get_args
 import numpy as np
 import polars as pl
 
-from mlops_assets.features.window_kernels import CODES, NO_EVENT, read_packed, warm
-
 Function = Literal["count", "sum", "mean", "min", "max", "share", "last"]
 FUNCTIONS: tuple[str, ...] = get_args(Function)
 NUMERIC_FUNCTIONS = frozenset({"sum", "mean", "min", "max"})
@@ -164,6 +162,8 @@ class _Plan:
     @cached_property
     def kernel(self) -> tuple[np.ndarray, ...]:
         """The aggregations as `read_packed` takes them: function code, window, flag, value, nonfinite, extreme."""
+        from mlops_assets.features.window_kernels import CODES  # numba: imported by serving's reads only
+
         c = self.compiled
         return (np.array([CODES[a.function] for a in c], dtype=np.int64), np.array([a.window for a in c], dtype=np.int64),
                 np.array([a.flag for a in c], dtype=np.int64), np.array([a.value for a in c], dtype=np.int64),
@@ -685,7 +685,7 @@ class OnlineWindows:
         self._packed = _Packed(self._histories, self._plan)
         self._packed.adopt(self._histories)
         self._dirty = set()
-        warm()
+        self._packed.warm()
 
     def compute_columns(self, keys: Sequence[tuple], t_us: Sequence[int]) -> WindowColumns:
         """`compute` for a batch of (key, epoch-µs time) at once, the same values to the bit. Keys unchanged
@@ -761,6 +761,13 @@ class _Packed:
         self.ext = np.concatenate([h.ext[:, :h.n] for _, h in held], axis=1) if held else np.empty((n_ext, 0))
         self.last = (np.concatenate([h.last[:, :h.n] for _, h in held], axis=1) if held
                      else np.empty((n_last, 0), dtype=object))
+        from mlops_assets.features import window_kernels  # numba, ~0.3-1 s: imported where views are read
+
+        self.kernels = window_kernels
+
+    def warm(self) -> None:
+        """Compile the read (or load it from numba's cache) now, off the request path."""
+        self.kernels.warm()
 
     def read(self, plan: _Plan, keys: list[tuple], t_us: Sequence[int], offsets: np.ndarray,
              skip: set[int]) -> tuple[dict[str, list[object]], list[int | None]]:
@@ -771,14 +778,16 @@ class _Packed:
         seg = np.fromiter(map(segment.get, keys, repeat(-1, n)), dtype=np.int64, count=n)
         if skip:
             seg[list(skip)] = -1
-        out, valid, picks, latest = read_packed(seg, np.asarray(t_us, dtype=np.int64), offsets, self.starts,
-                                                self.sum_starts, self.ts, self.sums, self.chan, self.ext, *plan.kernel)
+        out, valid, picks, latest = self.kernels.read_packed(seg, np.asarray(t_us, dtype=np.int64), offsets,
+                                                             self.starts, self.sum_starts, self.ts, self.sums,
+                                                             self.chan, self.ext, *plan.kernel)
+        no_event = self.kernels.NO_EVENT
         if n * len(names) <= SMALL_READ:  # a few queries: plain lists beat a dozen numpy calls
             columns = [[v if ok else None for v, ok in zip(col, oks, strict=True)]
                        for col, oks in zip(out.T.tolist(), valid.T.tolist(), strict=True)]
             for j, last in lasts:
                 columns[j] = [None if i < 0 else self.last[last, i] for i in picks[:, j].tolist()]
-            when = [None if us == NO_EVENT else us for us in latest.tolist()]
+            when = [None if us == no_event else us for us in latest.tolist()]
             return dict(zip(names, columns, strict=True)), when
         values = out.astype(object)
         values[~valid] = None
@@ -787,7 +796,7 @@ class _Packed:
             found = rows >= 0
             values[found, j] = self.last[last, rows[found]]
         stamps = latest.astype(object)
-        stamps[latest == NO_EVENT] = None
+        stamps[latest == no_event] = None
         return dict(zip(names, values.T.tolist(), strict=True)), stamps.tolist()
 
     def adopt(self, histories: dict[tuple, _History]) -> None:
