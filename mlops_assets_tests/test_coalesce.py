@@ -140,3 +140,10 @@ def test_the_fast_path_answers_like_the_routed_endpoint_and_leaves_refusals_to_i
     assert after - before == 2
     statuses = {r["request_id"]: r["status"] for r in log_lines(config)}
     assert statuses[refused.json()["request_id"]] == 422 and statuses[fast.json()["request_id"]] == 200
+
+
+def test_pass_rows_one_scores_every_request_alone(flights: Platform, tmp_path: Path) -> None:
+    app = create_app(flights.config(tmp_path, pass_rows=1))
+    responses = asyncio.run(_post_all(app, flights.requests(3), concurrently=True))
+    assert [r.status_code for r in responses] == [200] * 3
+    assert app.state.coalescer.passes == 3

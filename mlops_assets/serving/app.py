@@ -86,7 +86,6 @@ async def logged_error(request: Request, status: int, detail: object, message: o
 
 
 INLINE_ROWS = 100
-PASS_ROWS = 300  # rows of coalesced requests scored in one pass (a few ms of CPU on the event loop)
 
 
 def _encode(request_id: str, answers: list[dict[str, object]], single: bool) -> Response:
@@ -412,7 +411,7 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
     app = FastAPI(title=f"{service.project.name} prediction service", version="1", lifespan=lifespan,
                   description=service.project.description, **public)  # type: ignore[arg-type]
     app.state.service = service
-    app.state.coalescer = Coalescer(service.predict_groups, lambda group: len(group.instances), PASS_ROWS,
+    app.state.coalescer = Coalescer(service.predict_groups, lambda group: len(group.instances), cfg.pass_rows,
                                     service.metrics.scored_pass)
     app.add_middleware(PredictFastPath, service=service, coalescer=app.state.coalescer,  # type: ignore[arg-type]
                        models=service.models)

@@ -34,6 +34,8 @@ class ServingConfig(BaseModel):
     poll_seconds: float = Field(10.0, gt=0)
     explain_top_k: int = Field(5, ge=1)
     max_batch: int = Field(100, ge=1)
+    pass_rows: int = Field(300, ge=1, description="rows of requests ready together scored in one pass at most "
+                           "(1: every request alone)")
     max_body_bytes: int = Field(1_048_576, ge=1024)
     max_events: int = Field(1000, ge=1, description="events per POST /v1/events/{source}")
     body_timeout_seconds: float = Field(10.0, gt=0, description="a body not received by then is a 408")
