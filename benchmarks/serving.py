@@ -19,7 +19,10 @@ through JSON bodies and prints latency percentiles as JSON (``serving_wrk/post_j
 
 Our service's time per request is split by stage (its ``mlops_serving_stage_seconds`` counters,
 scraped from ``/metrics`` before and after each run): parse, lookup, predict, answer, log, encode,
-and log_wait (until the records are durable; the thread serves others meanwhile).
+and log_wait (until the records are durable; the thread serves others meanwhile); beside it, how
+many requests a scoring pass held (``mlops_serving_scoring_pass_requests``: requests ready in the
+same event-loop turn are scored together). The goals' verdicts end with what the latency goals
+imply for throughput (Little's law: wrk keeps ``--connections`` requests in flight).
 
 Needs a champion and an online store of the flights project (``projects/flights/project.yaml``)
 in the state folder (``MLOPS_STATE_DIR``, default ``.mlops_state/flights``: run ``make run`` first,
