@@ -41,6 +41,7 @@ class ScoringModel:
     threshold: float = 0.5
     _codes: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _numeric: tuple[list[int], list[str]] = field(default=([], []), init=False, repr=False, compare=False)
+    _trees: Any = field(default=None, init=False, repr=False, compare=False)  # CompiledTrees once `compile` passed
 
     def __post_init__(self) -> None:
         if self.problem not in PROBLEMS:
@@ -67,6 +68,7 @@ class ScoringModel:
         state = dict(self.__dict__)
         state.pop("_codes", None)
         state.pop("_numeric", None)
+        state.pop("_trees", None)
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -99,8 +101,33 @@ class ScoringModel:
         return out
 
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:
-        """Binary: P(positive) (n,); multiclass: class probabilities (n, classes); regression: values (n,)."""
+        """Binary: P(positive) (n,); multiclass: class probabilities (n, classes); regression: values (n,).
+        The compiled trees once `compile` has checked them, else LightGBM (the same values to the bit)."""
+        if self._trees is not None:
+            return self._trees.predict(matrix)
         return np.asarray(self.booster.predict(matrix, num_threads=1))
+
+    def compile(self) -> str:
+        """Score with the booster's trees compiled (`compiled_trees`: ~1 µs a row where LightGBM's predict
+        spends ~14) if they score probe rows on every split exactly as LightGBM does; '' then, else why not
+        (LightGBM keeps scoring)."""
+        from mlops_assets.compiled_trees import agrees, compile_trees, probe_matrix
+
+        self._trees = None
+        trees = compile_trees(self.booster)
+        if trees is None:
+            return "the booster has linear trees, averaged output or an objective whose transform is not reproduced"
+        if trees.n_features != len(self.features):
+            return f"the booster reads {trees.n_features} features, the model declares {len(self.features)}"
+        counts = {j: len(self.categorical_levels[n]) for j, n in enumerate(self.features) if n in self.categorical_levels}
+        if not agrees(trees, self.booster, probe_matrix(self.booster, len(self.features), counts)):
+            return "the compiled trees do not score the probe rows exactly as LightGBM does"
+        self._trees = trees
+        return ""
+
+    @property
+    def compiled(self) -> bool:
+        return self._trees is not None
 
     def contributions_matrix(self, matrix: np.ndarray) -> np.ndarray:
         """TreeSHAP per feature plus the bias, in raw-score units: (n, features + 1), or for multiclass

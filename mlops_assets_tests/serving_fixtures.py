@@ -333,6 +333,12 @@ class Broken:
         raise RuntimeError("secret internal failure in /opt/model.py")
 
 
+def break_model(monkeypatch: pytest.MonkeyPatch, model: object) -> None:
+    """Make a loaded model fail like a corrupted one: its booster raises and the compiled trees are gone."""
+    monkeypatch.setattr(model, "booster", Broken())
+    monkeypatch.setattr(model, "_trees", None)
+
+
 def batch_arms(client: TestClient, instances: list[dict[str, object]], size: int = 100) -> list[str]:
     """The arm that answered each instance, scored through the batch endpoint."""
     arms: list[str] = []

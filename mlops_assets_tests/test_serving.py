@@ -37,11 +37,11 @@ from mlops_assets_tests.serving_fixtures import (
     MALFORMED,
     RAW,
     WEATHER,
-    Broken,
     ConcurrentLoad,
     Platform,
     assert_refused,
     batch_arms,
+    break_model,
     build_flights,
     build_weather,
     log_lines,
@@ -302,7 +302,7 @@ def test_batch_answers_each_instance_like_the_single_endpoint(flights: Platform,
 
 def test_a_model_failure_is_a_500_with_the_request_id(flights: Platform, client: TestClient,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(client.app.state.service.slot.arms.champion.model, "booster", Broken())  # type: ignore[attr-defined]
+    break_model(monkeypatch, client.app.state.service.slot.arms.champion.model)  # type: ignore[attr-defined]
     response = client.post("/v1/predict", json=flights.requests(1)[0], headers={"X-Request-ID": "req-500"})
     assert response.status_code == 500 and response.json()["request_id"] == "req-500"
     assert "secret" not in response.text and "Traceback" not in response.text

@@ -29,8 +29,8 @@ from mlops_assets.resources import LakeResource, ProjectResource
 from mlops_assets.serving.app import create_app
 from mlops_assets_tests.projects import project_copy
 from mlops_assets_tests.serving_fixtures import (
-    Broken,
     Platform,
+    break_model,
     eventually,
     shared_flights_fixture,  # noqa: F401 - registers it
 )
@@ -158,7 +158,7 @@ def served_log(flights: Platform, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         for _ in range(4):
             statuses.append(client.post("/v1/predict", json={"no_such_field": 1}).status_code)
         champion = client.app.state.service.slot.arms.champion  # type: ignore[attr-defined]
-        monkeypatch.setattr(champion.model, "booster", Broken())
+        break_model(monkeypatch, champion.model)
         statuses.append(client.post("/v1/predict", json=instances[55]).status_code)
     assert Counter(statuses) == {200: 28, 422: 4, 500: 1}
     return state, statuses

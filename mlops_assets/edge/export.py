@@ -24,6 +24,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mlops_assets.compiled_trees import probe_matrix as compiled_probe
 from mlops_assets.edge import runner
 from mlops_assets.edge.compile import compile_booster
 from mlops_assets.scoring_model import ScoringModel
@@ -86,25 +87,8 @@ def public_uri(uri: str) -> str:
 
 def probe_matrix(model: ScoringModel, rows: int = PROBE_ROWS, seed: int = 0) -> np.ndarray:
     """Rows that exercise every split: each threshold and its float neighbours, each category, NaN."""
-    candidates: list[list[float]] = [[np.nan, 0.0] for _ in model.features]
-    for j, name in enumerate(model.features):
-        if name in model.categorical_levels:
-            candidates[j] += [float(c) for c in range(len(model.categorical_levels[name]))]
-    for tree in model.booster.dump_model()["tree_info"]:
-        stack = [tree["tree_structure"]]
-        while stack:
-            node = stack.pop()
-            if "split_feature" not in node:
-                continue
-            stack += [node["left_child"], node["right_child"]]
-            if node["decision_type"] == "<=":
-                t = float(node["threshold"])
-                candidates[node["split_feature"]] += [t, np.nextafter(t, -np.inf), np.nextafter(t, np.inf)]
-    rng = np.random.default_rng(seed)
-    out = np.empty((rows, len(model.features)), dtype=np.float64)
-    for j, values in enumerate(candidates):
-        out[:, j] = rng.choice(np.asarray(values, dtype=np.float64), size=rows)
-    return out
+    counts = {j: len(model.categorical_levels[n]) for j, n in enumerate(model.features) if n in model.categorical_levels}
+    return compiled_probe(model.booster, len(model.features), counts, rows, seed, edge_cases=False)
 
 
 def max_difference(folder: Path, model: ScoringModel, matrix: np.ndarray) -> float:

@@ -125,6 +125,9 @@ def load_scoring_model(uri: str) -> ScoringModel:
         log.warning("%s: %s", uri, mismatch)
     python_model = mlflow.pyfunc.load_model(str(local), suppress_warnings=True).unwrap_python_model()
     model = ScoringModel.adopt(getattr(python_model, "model", python_model))
+    unchecked = model.compile()
+    if unchecked:
+        log.warning("%s: scoring with LightGBM's predict, not the compiled trees: %s", uri, unchecked)
     warm = np.full((1, len(model.features)), np.nan)
     model.predict_matrix(warm)
     model.contributions_matrix(warm)
