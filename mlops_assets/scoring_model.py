@@ -83,21 +83,35 @@ class ScoringModel:
         """Categorical inputs of a row whose value the model never saw (they score as missing)."""
         return [n for n, codes in self._codes.items() if row.get(n) is not None and row.get(n) not in codes]
 
+    def unseen_columns(self, columns: Mapping[str, Sequence[object]], n: int) -> list[list[str]]:
+        """`unseen` of n rows given as columns by name (a column not given: nothing unseen in it)."""
+        out: list[list[str]] = [[] for _ in range(n)]
+        for name, codes in self._codes.items():
+            column = columns.get(name)
+            if column is not None:
+                for i, value in enumerate(column):
+                    if value is not None and value not in codes:
+                        out[i].append(name)
+        return out
+
     def matrix(self, rows: Sequence[Mapping[str, object]]) -> np.ndarray:
-        """Float64 inputs in feature order: categories as level codes (unseen -> NaN), numbers as floats,
-        an absent key or None as a missing value (NaN). The numbers of all rows go through one numpy
-        conversion (None -> NaN there), the categories a comprehension each: serving's batch path."""
-        out = np.empty((len(rows), len(self.features)), dtype=np.float64)
-        positions, names = self._numeric
-        if names:
-            values = [list(map(row.get, names)) for row in rows]
-            out[:, positions] = np.array(values, dtype=np.float64).reshape(len(rows), len(names))
+        """`matrix_columns` of rows (an absent key is a missing value)."""
+        return self.matrix_columns([[row.get(name) for row in rows] for name in self.features], len(rows))
+
+    def matrix_columns(self, columns: Sequence[Sequence[object]], n: int) -> np.ndarray:
+        """Float64 inputs from one column per feature, in feature order: categories as level codes (unseen
+        -> NaN), numbers as floats, None as a missing value (NaN). The numbers of all columns go through one
+        numpy conversion, the categories a comprehension each: serving's batch path."""
+        out = np.empty((n, len(self.features)), dtype=np.float64)
+        positions, _ = self._numeric
+        if positions and n:
+            out[:, positions] = np.array([columns[j] for j in positions], dtype=np.float64).T
         nan = math.nan
         for j, name in enumerate(self.features):
             codes = self._codes.get(name)
             if codes is not None:
                 out[:, j] = [codes.get(v, nan) if isinstance(v, str) else nan  # type: ignore[arg-type]
-                             for v in (row.get(name) for row in rows)]
+                             for v in columns[j]]
         return out
 
     def predict_matrix(self, matrix: np.ndarray) -> np.ndarray:

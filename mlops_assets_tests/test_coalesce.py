@@ -5,7 +5,8 @@ through its ASGI interface so that concurrent requests reach it in one turn dete
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import json
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
@@ -109,7 +110,8 @@ def test_a_refused_request_in_a_pass_is_refused_alone(tmp_path_factory: pytest.T
     responses = asyncio.run(_post_all(app, [seattle[0], {**seattle[1], "location": "New York"}, seattle[2]], True))
     assert [r.status_code for r in responses] == [200, 422, 200]
     assert responses[1].json()["detail"][0]["field"] == "location"
-    assert app.state.coalescer.passes == 1
+    # one pass scored the three together; the fast path handed the refused one to the route, which refused it
+    assert app.state.coalescer.passes == 2 and app.state.coalescer.scored == 4
     statuses = {r["request_id"]: r["status"] for r in log_lines(config)}
     assert [statuses[r.json()["request_id"]] for r in responses] == [200, 422, 200]
 
@@ -140,6 +142,39 @@ def test_the_fast_path_answers_like_the_routed_endpoint_and_leaves_refusals_to_i
     assert after - before == 2
     statuses = {r["request_id"]: r["status"] for r in log_lines(config)}
     assert statuses[refused.json()["request_id"]] == 422 and statuses[fast.json()["request_id"]] == 200
+
+
+async def _post_chunked(app: object, path: str, body: bytes, size: int) -> httpx.Response:
+    """POST `body` as a stream of `size`-byte chunks: the app receives one message per chunk."""
+    async def chunks() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), size):
+            yield body[start:start + size]
+
+    transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+    async with app.router.lifespan_context(app), httpx.AsyncClient(  # type: ignore[attr-defined]
+            transport=transport, base_url="http://service") as client:
+        return await client.post(path, content=chunks(), headers={"content-type": "application/json"})
+
+
+def test_a_body_in_several_messages_takes_the_fast_path_and_one_over_the_limit_the_route(
+        flights: Platform, tmp_path: Path) -> None:
+    """A large batch reaches the app in several messages: still the fast path, the same answers; a body over
+    the limit is the route's 413, however it arrives."""
+    body = json.dumps({"instances": flights.requests(20)}).encode()
+    config = flights.config(tmp_path)
+    whole = asyncio.run(_post_chunked(create_app(config), "/v1/predict/batch", body, len(body)))
+    app = create_app(config)
+    chunked = asyncio.run(_post_chunked(app, "/v1/predict/batch", body, 700))
+    assert whole.status_code == chunked.status_code == 200
+    assert app.state.service.metrics.fast_path._value.get() == 1
+    assert [{k: v for k, v in a.items() if k != "request_id"} for a in chunked.json()["predictions"]] == \
+        [{k: v for k, v in a.items() if k != "request_id"} for a in whole.json()["predictions"]]
+    small = flights.config(tmp_path / "small", max_body_bytes=len(body) - 1)
+    app = create_app(small)
+    over = asyncio.run(_post_chunked(app, "/v1/predict/batch", body, 700))
+    assert over.status_code == 413 and "limit" in over.text
+    assert app.state.service.metrics.fast_path._value.get() == 0
+    assert [r["status"] for r in log_lines(small)] == [413]
 
 
 def test_pass_rows_one_scores_every_request_alone(flights: Platform, tmp_path: Path) -> None:

@@ -149,9 +149,10 @@ PREDICT_PATHS = {b"/v1/predict": True, b"/v1/predict/batch": False}  # raw path 
 class PredictFastPath:
     """POST /v1/predict and /v1/predict/batch on their common path without FastAPI's routing, dependency
     and exception layers (measured: they cost ~0.1 ms a request, as much as scoring one coalesced instance).
-    Common means: no token configured, no query string, a JSON media type, the whole body in the first
-    message, a valid body, a champion to score with. Anything else goes on to FastAPI with the message
-    replayed, which answers exactly as before (the 4xx naming the field, the logged 409, 503 or 499)."""
+    Common means: no token configured, no query string, a JSON media type, a body within the limit (in
+    however many messages it arrives), a valid body, a champion to score with. Anything else goes on to
+    FastAPI with the messages replayed, which answers exactly as before (the 4xx naming the field, the
+    logged 409, 503 or 499)."""
 
     def __init__(self, app: ASGIApp, service: Service, coalescer: "Coalescer[Group, Answered]",
                  models: RequestModels) -> None:
@@ -165,20 +166,22 @@ class PredictFastPath:
                 or state.get("repeated_id") is not None or not _json_media(scope)):
             await self.app(scope, receive, send)
             return
+        limit = self.config.max_body_bytes
         try:
             async with asyncio.timeout(self.config.body_timeout_seconds):
-                message = await receive()
+                taken = await _body_messages(receive, limit)
         except TimeoutError:
             problem = body_problem(f"body not received within {self.config.body_timeout_seconds:g} s")
             response = await refusal(self.service, state["request_id"], scope["path"], state["started"], 408,
                                      problem, problem)
             await response(scope, receive, send)
             return
-        body = message.get("body", b"")
-        if (message["type"] != "http.request" or message.get("more_body") or len(body) > self.config.max_body_bytes
-                or not body.strip()):
-            await self.app(scope, _replay(message, receive), send)
+        body = b"".join(m.get("body", b"") for m in taken if m["type"] == "http.request")
+        last = taken[-1]
+        if last["type"] != "http.request" or last.get("more_body") or len(body) > limit or not body.strip():
+            await self.app(scope, _replay(taken, receive), send)
             return
+        message = {"type": "http.request", "body": body, "more_body": False}
         clock = self.service.metrics.clock()
         try:
             if not single:
@@ -190,7 +193,7 @@ class PredictFastPath:
                                               scope["path"], instances, parsed.explain, single,  # type: ignore[attr-defined]
                                               clock)
         except (NotReady, ClientError):  # nothing logged yet: FastAPI's handlers refuse it, logged, as ever
-            await self.app(scope, _replay(message, receive), send)
+            await self.app(scope, _replay([message], receive), send)
             return
         self.service.metrics.fast_path.inc()
         await response(scope, receive, send)
@@ -204,9 +207,20 @@ def _json_media(scope: Scope) -> bool:
     return False
 
 
-def _replay(message: Message, receive: Receive) -> Receive:
-    """A receive that hands back the message the fast path took, then the connection's own."""
-    pending = [message]
+async def _body_messages(receive: Receive, limit: int) -> list[Message]:
+    """The request's messages up to its whole body (a large batch arrives in several), the first message
+    that is not body (a disconnect), or the first past `limit` bytes."""
+    taken = [await receive()]
+    size = len(taken[0].get("body", b""))
+    while taken[-1]["type"] == "http.request" and taken[-1].get("more_body") and size <= limit:
+        taken.append(await receive())
+        size += len(taken[-1].get("body", b""))
+    return taken
+
+
+def _replay(messages: list[Message], receive: Receive) -> Receive:
+    """A receive that hands back the messages the fast path took, in order, then the connection's own."""
+    pending = list(reversed(messages))
 
     async def again() -> Message:
         return pending.pop() if pending else await receive()

@@ -30,17 +30,6 @@ log = logging.getLogger(__name__)
 QUERY_SECONDS = 1.0
 
 
-@dataclass(frozen=True)
-class Lookup:
-    """One request's view values: features by name, age in seconds per view (None: nothing known, or a
-    static view), and the views missing: t before the history held (values None), a key part absent or
-    nothing known for the key by t (values then are what training saw: counts 0, the rest None)."""
-
-    features: dict[str, object]
-    freshness: dict[str, float | None]
-    missing: list[str]
-
-
 class ViewState:
     """One view in memory: its windows (or static rows by key) and the names it provides."""
 
@@ -167,11 +156,11 @@ class OnlineFeatures:
             snapshot.views[name].apply(frame)
         snapshot.last_seq = last
 
-    def lookup_many(self, views: Sequence[str], requests: Sequence[Mapping[str, object]],
-                    times: Sequence[datetime]) -> list[Lookup]:
+    def lookup_columns(self, views: Sequence[str], requests: Sequence[Mapping[str, object]],
+                       times: Sequence[datetime]) -> BatchLookup:
         """Apply the pushes since the last call, then every view for the whole batch at the requests' times
         (a missing view's features are None, which scores and logs as absent). Key columns are read once
-        per request field and rows are assembled with zips, not a Python step per view and row."""
+        per request field; the values stay columns, as the model matrix and the log records read them."""
         snapshot = self.snapshot
         t_us = [epoch_us(t) for t in times]
         fields: dict[str, list[object]] = {}
@@ -184,12 +173,22 @@ class OnlineFeatures:
                     if k not in fields:
                         fields[k] = [r.get(k) for r in requests]
                 found.append(view.lookup_columns(list(zip(*(fields[k] for k in view.keys), strict=True)), t_us))
-        names = [name for view in found for name in view.names]
-        columns = [column for view in found for column in view.columns]
-        rows = zip(*columns, strict=True) if columns else repeat((), len(requests))
-        ages = zip(*(f.ages for f in found), strict=True) if found else repeat((), len(requests))
-        known = zip(*(f.known for f in found), strict=True) if found else repeat((), len(requests))
-        views = list(views)
-        return [Lookup(dict(zip(names, values, strict=True)), dict(zip(views, age, strict=True)),
-                       [] if all(ok) else [v for v, k in zip(views, ok, strict=True) if not k])
-                for values, age, ok in zip(rows, ages, known, strict=True)]
+        columns = {name: column for view in found for name, column in zip(view.names, view.columns, strict=True)}
+        n, views = len(requests), list(views)
+        ages = zip(*(f.ages for f in found), strict=True) if found else repeat((), n)
+        known = zip(*(f.known for f in found), strict=True) if found else repeat((), n)
+        freshness = [dict(zip(views, age, strict=True)) for age in ages]
+        missing = [[] if all(ok) else [v for v, k in zip(views, ok, strict=True) if not k] for ok in known]
+        return BatchLookup(columns, freshness, missing)
+
+
+@dataclass(frozen=True)
+class BatchLookup:
+    """A batch's view values as columns by feature name; per query its age in seconds per view (None:
+    nothing known, or a static view) and the views missing: t before the history held (values None), a key
+    part absent or nothing known for the key by t (values then are what training saw: counts 0, the rest
+    None)."""
+
+    columns: dict[str, list[object]]
+    freshness: list[dict[str, float | None]]
+    missing: list[list[str]]

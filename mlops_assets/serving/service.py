@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from mlops_assets.serving.answers import component_prediction, explain_one, logg
 from mlops_assets.serving.config import ConfigError, ServingConfig
 from mlops_assets.serving.errors import ClientError
 from mlops_assets.serving.experiment import SPLIT_MODES, choose_arm, resolve_split_key, split_key
-from mlops_assets.serving.features import Lookup, OnlineFeatures
+from mlops_assets.serving.features import OnlineFeatures
 from mlops_assets.serving.metrics import Metrics, StageClock
 from mlops_assets.serving.models import Arms, LoadedModel, ModelSlot, RegistryWatcher
 from mlops_assets.serving.predlog import LogFull, PredictionLog
@@ -43,18 +42,36 @@ class NotReady(Exception):
 
 
 @dataclass(slots=True)
-class Prepared:
-    """One instance ready to score: its inputs, model row, lookup, prediction time, arm, and which request
-    (group) and position within it it answers."""
+class Pass:
+    """The instances of one scoring pass as columns: each model input by name (view features, calendar
+    features, direct request fields), and per instance its log inputs, prediction time (ISO 8601, once for
+    the answer and the record), view freshness, missing views, arm, and which request (group) and position
+    within it it answers. Columns, because the model matrix and the log records read them so."""
 
-    inputs: dict[str, object]
-    row: dict[str, object]
-    lookup: Lookup
-    prediction_time: datetime
-    arm: str
-    group: int = 0
-    position: int = 0
-    when: str = ""  # prediction_time in ISO 8601, once for the answer and the record
+    inputs: list[dict[str, object]]
+    columns: dict[str, list[object]]
+    freshness: list[dict[str, float | None]]
+    missing: list[list[str]]
+    when: list[str]
+    arms: list[str]
+    groups: list[int]
+    positions: list[int]
+    absent: list[list[str]]  # per instance, its direct fields without a value
+
+    def __len__(self) -> int:
+        return len(self.when)
+
+    def column(self, name: str, index: list[int] | None) -> list[object]:
+        """A model input for the instances at `index` (all: None); one no part of the project provides is
+        missing everywhere."""
+        values = self.columns.get(name)
+        if values is None:
+            return [None] * (len(self) if index is None else len(index))
+        return values if index is None else [values[i] for i in index]
+
+    def row(self, i: int) -> dict[str, object]:
+        """Instance i's inputs by name (what a routine's steps and components read)."""
+        return {name: values[i] for name, values in self.columns.items()}
 
 
 @dataclass(frozen=True)
@@ -182,22 +199,29 @@ class Service:
         return times  # type: ignore[return-value]
 
     def _prepare(self, instances: list[BaseModel], requests: list[dict[str, object]], times: list[datetime],
-                 ids: list[str], places: list[tuple[int, int]], arms: Arms) -> list[Prepared]:
-        lookups = self.features.lookup_many(arms.views, requests, times)
-        cfg, out = self.config, []
+                 ids: list[str], places: list[tuple[int, int]], arms: Arms) -> Pass:
+        found = self.features.lookup_columns(arms.views, requests, times)
+        cfg, n = self.config, len(requests)
         mode, share = (("canary", arms.rollout_share) if arms.rollout_share is not None
                        else (cfg.experiment, cfg.challenger_share))
-        split, direct = mode in SPLIT_MODES and arms.challenger is not None, self.direct
-        for instance, request, when, found, rid, (group, position) in zip(instances, requests, times, lookups, ids,
-                                                                          places, strict=True):
-            row = found.features  # this instance's own dict: the model row is built on it
-            row.update(calendar_values(self.project, request))
-            row.update(zip(direct, map(request.get, direct), strict=True))
-            arm = "champion" if not split else choose_arm(mode, share, split_key(request, rid, self.split_key),
-                                                           cfg.split_salt, True)
-            inputs = instance.model_dump(mode="json", exclude={"explain"})
-            out.append(Prepared(inputs, row, found, when, arm, group, position, when.isoformat()))
-        return out
+        if mode in SPLIT_MODES and arms.challenger is not None:
+            chosen = [choose_arm(mode, share, split_key(request, rid, self.split_key), cfg.split_salt, True)
+                      for request, rid in zip(requests, ids, strict=True)]
+        else:
+            chosen = ["champion"] * n
+        columns = found.columns  # direct fields win over calendar features, which win over view features
+        calendar = [calendar_values(self.project, request) for request in requests]
+        for name in self.project.request.calendar:
+            columns[name] = [values[name] for values in calendar]
+        absent: list[list[str]] = [[] for _ in range(n)]
+        for name in self.direct:
+            columns[name] = column = [request.get(name) for request in requests]
+            for i, value in enumerate(column):
+                if value is None:
+                    absent[i].append(name)
+        inputs = [instance.model_dump(mode="json", exclude={"explain"}) for instance in instances]
+        return Pass(inputs, columns, found.freshness, found.missing, [t.isoformat() for t in times], chosen,
+                    [g for g, _ in places], [p for _, p in places], absent)
 
     def predict(self, instances: list[BaseModel], explain: bool, request_id: str, endpoint: str,
                 started: float, single: bool = True, clock: StageClock | None = None) -> Answered:
@@ -240,98 +264,100 @@ class Service:
             places += [(index, i) for i in range(n)]
         if not requests:
             return results
-        items = self._prepare(instances, requests, times, ids, places, arms)
+        batch = self._prepare(instances, requests, times, ids, places, arms)
         clock.lap("lookup")
-        answers: list[dict[str, object]] = [{} for _ in items]
+        answers: list[dict[str, object]] = [{} for _ in range(len(batch))]
         records: list[dict[str, object]] = []
         if arms.routine is not None:
-            self._score_routine(arms.routine, items, explain, answers, records, clock)
+            self._score_routine(arms.routine, batch, explain, answers, records, clock)
         else:
-            for arm in sorted({p.arm for p in items}):
-                chosen = [i for i, p in enumerate(items) if p.arm == arm]
-                self._score(arms.get(arm), arm, [items[i] for i in chosen], explain, chosen, answers, records, clock)
+            for arm in sorted(set(batch.arms)):
+                chosen = [i for i, a in enumerate(batch.arms) if a == arm]
+                self._score(arms.get(arm), arm, batch, None if len(chosen) == len(batch) else chosen, explain,
+                            answers, records, clock)
             shadow = arms.challenger if self.config.experiment == "shadow" else None
             if shadow is not None:
-                self._score(shadow, "shadow", items, False, list(range(len(items))), None, records, clock)
+                self._score(shadow, "shadow", batch, None, False, None, records, clock)
         future = self._log(records, groups)
         clock.lap("log")
-        for item, answer in zip(items, answers, strict=True):
-            result = results[item.group]
+        for group, answer in zip(batch.groups, answers, strict=True):
+            result = results[group]
             assert not isinstance(result, ClientError)
             result[0].append(answer)
         return [r if isinstance(r, ClientError) else (r[0], future) for r in results]
 
-    def _score(self, loaded: LoadedModel | None, arm: str, items: list[Prepared], explain: bool,
-               positions: list[int], answers: list[dict[str, object]] | None,
-               records: list[dict[str, object]], clock: StageClock) -> None:
-        """Predict a group with one model; fill the answers (unless shadow) and the log records."""
+    def _score(self, loaded: LoadedModel | None, arm: str, batch: Pass, index: list[int] | None, explain: bool,
+               answers: list[dict[str, object]] | None, records: list[dict[str, object]],
+               clock: StageClock) -> None:
+        """Predict the instances at `index` (all: None) with one model; fill their answers (unless shadow)
+        and log records."""
         assert loaded is not None
         model = loaded.model
-        matrix = model.matrix([p.row for p in items])
+        names = list(model.features)
+        columns = [batch.column(name, index) for name in names]
+        at = range(len(batch)) if index is None else index
+        matrix = model.matrix_columns(columns, len(at))
         outputs = model.predict_matrix(matrix)
         contributions = model.contributions_matrix(matrix) if explain else None
         clock.lap("predict")
-        threshold, direct, unseen, names = self.project.threshold, self.direct, model.unseen, list(model.features)
-        named = {"name": loaded.name, "version": loaded.version}
-        for j, (position, item, output) in enumerate(zip(positions, items, outputs.tolist(), strict=True)):
-            row = item.row
+        unseen = model.unseen_columns(dict(zip(names, columns, strict=True)), len(at))
+        threshold, named = self.project.threshold, {"name": loaded.name, "version": loaded.version}
+        rows = zip(*columns, strict=True) if columns else ((),) * len(at)
+        for j, (i, output, values, strange) in enumerate(zip(at, outputs.tolist(), rows, unseen, strict=True)):
             fields = outcome(model, output, threshold)
-            missing = [*item.lookup.missing, *(f for f in direct if row.get(f) is None), *unseen(row)]
-            records.append(self._record(loaded, arm, item, fields, missing, names))
+            missing = [*batch.missing[i], *batch.absent[i], *strange]
+            features = dict(zip(names, values, strict=True))
+            records.append(self._record(loaded.name, loaded.version, arm, batch, i, features, fields, missing))
             if answers is None:
                 continue
-            answers[position] = {**fields, "model": named, "arm": arm, "prediction_time": item.when,
-                                 "feature_freshness": item.lookup.freshness, "missing_features": missing}
+            answers[i] = {**fields, "model": named, "arm": arm, "prediction_time": batch.when[i],
+                          "feature_freshness": batch.freshness[i], "missing_features": missing}
             if contributions is not None:
-                answers[position]["explanation"] = explain_one(model, contributions[j], row,
-                                                               self.config.explain_top_k, fields)
-        self.metrics.predicted(arm, len(items))
+                answers[i]["explanation"] = explain_one(model, contributions[j], features,
+                                                        self.config.explain_top_k, fields)
+        self.metrics.predicted(arm, len(at))
         clock.lap("answer")
 
-    def _score_routine(self, routine: LoadedRoutine, items: list[Prepared], explain: bool,
+    def _score_routine(self, routine: LoadedRoutine, batch: Pass, explain: bool,
                        answers: list[dict[str, object]], records: list[dict[str, object]], clock: StageClock) -> None:
-        """Score a group through the routine: the combined answer, what each component said (and, explained,
+        """Score a pass through the routine: the combined answer, what each component said (and, explained,
         each component's own top contributions and the combination's breakdown), one log record each."""
         spec, parts = routine.spec, routine.components
-        rows = [preprocess(spec.pre, p.row) for p in items]
+        rows = [preprocess(spec.pre, batch.row(i)) for i in range(len(batch))]
         scores = score(spec, {c: m.model for c, m in parts.items()}, rows)
         lead = next(iter(parts.values()))
         contributions = {c: _contributions(m.model, rows, scores.scored[c]) if explain else {} for c, m in parts.items()}
         clock.lap("predict")
-        for j, item in enumerate(items):
+        read = list(dict.fromkeys(f for m in parts.values() for f in m.model.features))
+        for j, row in enumerate(rows):
             fields = outcome(lead.model, scores.combined[j], self.project.threshold)
             components = {c: {"model": m.name, "version": m.version,
                               "prediction": component_prediction(m.model, scores.outputs[c][j])} for c, m in parts.items()}
-            missing = [*item.lookup.missing, *(f for f in self.direct if rows[j].get(f) is None),
-                       *dict.fromkeys(u for m in parts.values() for u in m.model.unseen(rows[j]))]
-            read = dict.fromkeys(f for m in parts.values() for f in m.model.features)
-            scored_item = Prepared(item.inputs, rows[j], item.lookup, item.prediction_time, "routine", item.group,
-                                   item.position, item.when)
-            record = self._record(lead, "routine", scored_item, fields, missing, read)
-            records.append({**record, "model_name": spec.name, "model_version": routine.label, "routine": spec.name,
-                            "components": components})
+            missing = [*batch.missing[j], *(f for f in self.direct if row.get(f) is None),
+                       *dict.fromkeys(u for m in parts.values() for u in m.model.unseen(row))]
+            features = dict(zip(read, map(row.get, read), strict=True))
+            record = self._record(spec.name, routine.label, "routine", batch, j, features, fields, missing)
+            records.append({**record, "routine": spec.name, "components": components})
             answers[j] = {**fields, "model": {"name": spec.name, "version": routine.label}, "arm": "routine",
                           "routine": spec.name, "components": components,
-                          "prediction_time": item.when,
-                          "feature_freshness": item.lookup.freshness, "missing_features": missing}
+                          "prediction_time": batch.when[j],
+                          "feature_freshness": batch.freshness[j], "missing_features": missing}
             if explain:
                 answers[j]["explanation"] = {"routine": scores.breakdown[j], "components": {
-                    c: explain_one(m.model, contributions[c][j], rows[j], self.config.explain_top_k,
+                    c: explain_one(m.model, contributions[c][j], row, self.config.explain_top_k,
                                    outcome(m.model, scores.outputs[c][j], self.project.threshold))  # type: ignore[arg-type]
                     for c, m in parts.items() if j in contributions[c]}}
-        self.metrics.predicted("routine", len(items), routine.label)
+        self.metrics.predicted("routine", len(rows), routine.label)
         clock.lap("answer")
 
-    def _record(self, loaded: LoadedModel, arm: str, item: Prepared, fields: dict[str, object],
-                missing: list[str], features: Iterable[str] | None = None) -> dict[str, object]:
-        """One instance's log record; NaN and numpy values are the log encoder's to write (as null, numbers).
+    def _record(self, name: str, version: str, arm: str, batch: Pass, i: int, features: dict[str, object],
+                fields: dict[str, object], missing: list[str]) -> dict[str, object]:
+        """Instance i's log record; NaN and numpy values are the log encoder's to write (as null, numbers).
         `_group` says whose request it is until `_log` stamps the request's id and latency on it."""
-        names = features if isinstance(features, list) else list(features or loaded.model.features)
-        return {"_group": item.group, "instance": item.position, "status": 200, "arm": arm, "model_name": loaded.name,
-                "model_version": loaded.version, LOG_INPUTS: item.inputs,
-                LOG_FEATURES: dict(zip(names, map(item.row.get, names), strict=True)),
-                PREDICTION_TIME: item.when, **fields,
-                LOG_PREDICTION: logged_prediction(fields), "feature_freshness": item.lookup.freshness,
+        return {"_group": batch.groups[i], "instance": batch.positions[i], "status": 200, "arm": arm,
+                "model_name": name, "model_version": version, LOG_INPUTS: batch.inputs[i],
+                LOG_FEATURES: features, PREDICTION_TIME: batch.when[i], **fields,
+                LOG_PREDICTION: logged_prediction(fields), "feature_freshness": batch.freshness[i],
                 "missing_features": missing}
 
     def _log(self, records: list[dict[str, object]], groups: list[Group]) -> Future[bool] | None:
