@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
@@ -51,11 +52,24 @@ def test_a_pass_holds_at_most_max_rows_and_the_rest_follow_in_the_next_turn() ->
     assert calls == [[60, 30], [20], [150], [5]] and sizes == [2, 1, 1, 1]
 
 
-def test_a_failing_pass_reaches_every_caller() -> None:
+def test_a_failing_pass_is_scored_again_item_by_item_and_only_the_breaking_item_fails() -> None:
+    calls: list[list[int]] = []
+
     def score(items: list[int]) -> list[object]:
+        calls.append(items)
+        if 3 in items:
+            raise RuntimeError("model broke on 3")
+        return [i * 10 for i in items]
+
+    results, _ = asyncio.run(_scored_together([1, 3, 4], score))
+    assert calls == [[1, 3, 4], [1], [3], [4]]
+    assert results[0] == 10 and results[2] == 40
+    assert isinstance(results[1], RuntimeError) and str(results[1]) == "model broke on 3"
+
+    def broken(items: list[int]) -> list[object]:
         raise RuntimeError("model broke")
 
-    results, _ = asyncio.run(_scored_together([1, 2], score))
+    results, _ = asyncio.run(_scored_together([1, 2], broken))
     assert all(isinstance(r, RuntimeError) for r in results)
 
 
@@ -116,10 +130,48 @@ def test_a_refused_request_in_a_pass_is_refused_alone(tmp_path_factory: pytest.T
     assert [statuses[r.json()["request_id"]] for r in responses] == [200, 422, 200]
 
 
-def _fast(client: TestClient) -> float:
-    line = next(x for x in client.get("/metrics").text.splitlines()
-                if x.startswith("mlops_serving_fast_path_requests_total"))
+def test_a_request_that_breaks_the_model_fails_alone_and_its_pass_is_answered(flights: Platform, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    config = flights.config(tmp_path)
+    app = create_app(config)
+    bodies = flights.requests(3)
+    bodies[1] = {**bodies[1], "distance": 4321.0}
+
+    def breaking(original: Callable[[np.ndarray], np.ndarray], column: int) -> Callable[[np.ndarray], np.ndarray]:
+        def predict(matrix: np.ndarray) -> np.ndarray:
+            if (matrix[:, column] == 4321.0).any():
+                raise RuntimeError("secret failure in the model")
+            return original(matrix)
+        return predict
+
+    async def run() -> list[httpx.Response]:
+        transport = httpx.ASGITransport(app=app)  # type: ignore[arg-type]
+        async with app.router.lifespan_context(app), httpx.AsyncClient(  # type: ignore[attr-defined]
+                transport=transport, base_url="http://service") as client:
+            model = app.state.service.slot.arms.champion.model
+            monkeypatch.setattr(model, "predict_matrix", breaking(model.predict_matrix, model.features.index("distance")))
+            return list(await asyncio.gather(*(client.post("/v1/predict", json=b) for b in bodies)))
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200, 500, 200]
+    assert "secret" not in responses[1].text
+    statuses = {r["request_id"]: r["status"] for r in log_lines(config)}
+    assert [statuses[r.json()["request_id"]] for r in responses] == [200, 500, 200]
+
+
+def _fast_count(metrics: str) -> float:
+    line = next(x for x in metrics.splitlines() if x.startswith("mlops_serving_fast_path_requests_total"))
     return float(line.rsplit(" ", 1)[1])
+
+
+def _fast(client: TestClient) -> float:
+    return _fast_count(client.get("/metrics").text)
+
+
+def _fast_in(app: object) -> float:
+    """The app's fast-path count as /metrics would show it (rendered after the app stopped)."""
+    service = app.state.service  # type: ignore[attr-defined]
+    return _fast_count(service.metrics.render(service.log).decode())
 
 
 def test_the_fast_path_answers_like_the_routed_endpoint_and_leaves_refusals_to_it(flights: Platform,
@@ -166,14 +218,14 @@ def test_a_body_in_several_messages_takes_the_fast_path_and_one_over_the_limit_t
     app = create_app(config)
     chunked = asyncio.run(_post_chunked(app, "/v1/predict/batch", body, 700))
     assert whole.status_code == chunked.status_code == 200
-    assert app.state.service.metrics.fast_path._value.get() == 1
+    assert _fast_in(app) == 1
     assert [{k: v for k, v in a.items() if k != "request_id"} for a in chunked.json()["predictions"]] == \
         [{k: v for k, v in a.items() if k != "request_id"} for a in whole.json()["predictions"]]
     small = flights.config(tmp_path / "small", max_body_bytes=len(body) - 1)
     app = create_app(small)
     over = asyncio.run(_post_chunked(app, "/v1/predict/batch", body, 700))
     assert over.status_code == 413 and "limit" in over.text
-    assert app.state.service.metrics.fast_path._value.get() == 0
+    assert _fast_in(app) == 0
     assert [r["status"] for r in log_lines(small)] == [413]
 
 

@@ -687,11 +687,13 @@ class OnlineWindows:
         self._dirty = set()
         self._packed.warm()
 
-    def compute_columns(self, keys: Sequence[tuple], t_us: Sequence[int]) -> WindowColumns:
+    def compute_columns(self, keys: Sequence[tuple], t_us: Sequence[int], null: object = None) -> WindowColumns:
         """`compute` for a batch of (key, epoch-µs time) at once, the same values to the bit. Keys unchanged
         since the last `pack` are answered from the packed histories in one vectorised pass; keys pushed
         since, per key (one searchsorted and gather each), with every aggregation then vectorised too.
-        Repacks when more than REPACK_SHARE of the keys (at least REPACK_MIN) changed."""
+        Repacks when more than REPACK_SHARE of the keys (at least REPACK_MIN) changed. `null` is what an
+        aggregation without a value reads as: None, or NaN where the reader treats both alike (serving: the
+        model reads NaN, the log writes null), which spares converting the numbers to objects."""
         plan = self._plan
         if not all(map(isinstance, keys, repeat(tuple))):
             keys = [key if isinstance(key, tuple) else (key,) for key in keys]
@@ -702,14 +704,14 @@ class OnlineWindows:
         dirty = self._dirty
         changed = [i for i, key in enumerate(keys) if key in dirty] if dirty else []
         assert self._packed is not None
-        values, latest = self._packed.read(plan, keys, t_us, self._offsets, set(changed))
+        values, latest = self._packed.read(plan, keys, t_us, self._offsets, set(changed), null)
         if changed:
             found, found_latest, columns = self._read_per_key(plan, [keys[i] for i in changed],
                                                               [t_us[i] for i in changed], self._offsets)
             for c in plan.compiled:
                 column = values[c.name]
                 for q, value in zip(found, columns[c.name], strict=True):
-                    column[changed[q]] = value
+                    column[changed[q]] = null if value is None else value
             for q, us in zip(found, found_latest, strict=True):
                 latest[changed[q]] = us
         return WindowColumns(values, latest, complete)
@@ -770,9 +772,10 @@ class _Packed:
         self.kernels.warm()
 
     def read(self, plan: _Plan, keys: list[tuple], t_us: Sequence[int], offsets: np.ndarray,
-             skip: set[int]) -> tuple[dict[str, list[object]], list[int | None]]:
+             skip: set[int], null: object = None) -> tuple[dict[str, list[object]], list[int | None]]:
         """Every aggregation for each query (compiled: `read_packed`), the empty window for a key not held at
-        packing or a query in `skip`; and each query's latest event time (None: no event by t)."""
+        packing or a query in `skip`; and each query's latest event time (None: no event by t). A value that
+        is not one reads as `null`."""
         n, (names, lasts) = len(keys), plan.outputs
         segment = self.segment
         seg = np.fromiter(map(segment.get, keys, repeat(-1, n)), dtype=np.int64, count=n)
@@ -782,6 +785,12 @@ class _Packed:
                                                              self.starts, self.sum_starts, self.ts, self.sums,
                                                              self.chan, self.ext, *plan.kernel)
         no_event = self.kernels.NO_EVENT
+        if isinstance(null, float) and math.isnan(null):  # the kernel leaves NaN wherever there is no value
+            columns = out.T.tolist()
+            for j, last in lasts:  # the latest value itself (a category, say): None when there is none
+                columns[j] = [None if i < 0 else self.last[last, i] for i in picks[:, j].tolist()]
+            when = [None if us == no_event else us for us in latest.tolist()]
+            return dict(zip(names, columns, strict=True)), when
         if n * len(names) <= SMALL_READ:  # a few queries: plain lists beat a dozen numpy calls
             columns = [[v if ok else None for v, ok in zip(col, oks, strict=True)]
                        for col, oks in zip(out.T.tolist(), valid.T.tolist(), strict=True)]

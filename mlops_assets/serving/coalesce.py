@@ -20,9 +20,10 @@ Result = TypeVar("Result")
 
 class Coalescer(Generic[Item, Result]):
     """Collects items submitted during one event-loop turn and scores them with one `score` call (up to
-    `max_rows` rows a call; more wait for the next turn; `on_pass` hears each pass's size). `score` returns one result per item: a result,
-    or an exception that is raised to that item's caller alone; an exception of `score` itself reaches
-    every caller of the pass."""
+    `max_rows` rows a call; more wait for the next turn; `on_pass` hears each pass's size). `score` returns
+    one result per item: a result, or an exception that is raised to that item's caller alone. When `score`
+    itself raises, the pass's items are scored again one at a time, so a request that breaks the model
+    fails alone and the others of its pass are answered."""
 
     def __init__(self, score: Callable[[list[Item]], list[Result | Exception]],
                  rows: Callable[[Item], int], max_rows: int, on_pass: Callable[[int], None] | None = None) -> None:
@@ -62,12 +63,16 @@ class Coalescer(Generic[Item, Result]):
             self.on_pass(len(live))
         try:
             results = self.score([item for item, _ in live])
-        except Exception as exc:  # handed to every caller of the pass, which reports it
-            for _, future in live:
-                future.set_exception(exc)
-            return
+        except Exception as exc:  # scored again one by one: only the items that fail alone see an error
+            results = [exc] if len(live) == 1 else [self._alone(item) for item, _ in live]
         for (_, future), result in zip(live, results, strict=True):
             if isinstance(result, Exception):
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    def _alone(self, item: Item) -> Result | Exception:
+        try:
+            return self.score([item])[0]
+        except Exception as exc:  # raised to this item's caller, which reports it
+            return exc

@@ -12,6 +12,7 @@ request path and swapped in.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -58,7 +59,8 @@ class ViewState:
     def lookup_columns(self, keys: Sequence[tuple], t_us: Sequence[int]) -> ViewColumns:
         """The view for a batch of (key, epoch-µs time): a windowed view in one `compute_columns`. Missing
         (t before the history held, or not loaded): values None; a key part absent: the empty window, as
-        offline (count 0, the rest null); a static view: its row, or None for an unknown key."""
+        offline (count 0, the rest null); a static view: its row, or None for an unknown key. A number
+        without a value may read NaN rather than None: the model reads both as missing, the log as null."""
         n = len(keys)
         if not self.loaded:
             return ViewColumns(self.names, [[None] * n for _ in self.names], [None] * n, [False] * n)
@@ -66,7 +68,8 @@ class ViewState:
             found = [self.rows.get(key) if None not in key else None for key in keys]
             columns = [[None if row is None else row[name] for row in found] for name in self.names]
             return ViewColumns(self.names, columns, [None] * n, [row is not None for row in found])
-        batch = self._per_key(keys, t_us) if 0 < n <= PER_KEY_MAX else self.windows.compute_columns(keys, t_us)
+        batch = (self._per_key(keys, t_us) if 0 < n <= PER_KEY_MAX
+                 else self.windows.compute_columns(keys, t_us, math.nan))
         columns = list(batch.values.values())
         ages = [None if latest is None else max(0.0, (us - latest) / 1e6)
                 for us, latest in zip(t_us, batch.latest_known_at_us, strict=True)]

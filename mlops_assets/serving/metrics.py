@@ -17,7 +17,7 @@ import re
 import threading
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import prometheus_client
 import psutil
@@ -84,6 +84,7 @@ class Metrics:
         reg = None if self.folder is not None else self.registry
         self._lock = threading.Lock()
         self._served: dict[str, tuple[str, str]] = {}
+        self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
         self._published = {"records": 0, "dropped": 0, "commits": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -110,6 +111,7 @@ class Metrics:
                         "log_wait, wall seconds until the records were durable (the thread serves others then).",
                         ["stage"], registry=reg)
         self.stages = {name: stage.labels(name) for name in STAGES}
+        self.pending = Pending()
         self.fast_path = Counter(f"{PREFIX}_fast_path_requests", "Prediction requests answered without FastAPI's "
                                  "routing layers (the common case; the rest, e.g. refusals, go through it).",
                                  registry=reg)
@@ -146,22 +148,30 @@ class Metrics:
                          registry=reg, multiprocess_mode="livesum")
 
     def observe(self, endpoint: str, status: int, seconds: float) -> None:
-        code = str(status)
-        self.requests.labels(endpoint, code).inc()
-        if status >= 400:
-            self.errors.labels(endpoint, code).inc()
-        self.latency.labels(endpoint, status_class(status)).observe(seconds)
+        children = self._children.get((endpoint, status))
+        if children is None:
+            code = str(status)
+            children = (self.requests.labels(endpoint, code), self.errors.labels(endpoint, code) if status >= 400
+                        else None, self.latency.labels(endpoint, status_class(status)))
+            self._children[(endpoint, status)] = children
+        self.pending.add(children[0], 1.0)
+        if children[1] is not None:
+            self.pending.add(children[1], 1.0)
+        children[2].observe(seconds)
 
     def clock(self) -> StageClock:
         """A request's stage clock, started now."""
-        return StageClock(self.stages)
+        return StageClock(self.stages, self.pending)
 
     def scored_pass(self, requests: int) -> None:
         self.pass_requests.observe(requests)
 
     def waited(self, seconds: float) -> None:
         """Wall time a request waited for its log records to be durable (its thread served others)."""
-        self.stages["log_wait"].inc(seconds)
+        self.pending.add(self.stages["log_wait"], seconds)
+
+    def answered_fast(self) -> None:
+        self.pending.add(self.fast_path, 1.0)
 
     def predicted(self, arm: str, count: int = 1, version: str | None = None) -> None:
         """`version` when the caller knows it; else the version last loaded for the arm (a shadow
@@ -169,7 +179,7 @@ class Metrics:
         if version is None:
             served = self._served.get("challenger" if arm == "shadow" else arm)
             version = served[1] if served else "unknown"
-        self.predictions.labels(arm, version).inc(count)
+        self.pending.add(self.predictions.labels(arm, version), float(count))
 
     def model_loaded(self, arm: str, name: str, version: str, swapped: bool) -> None:
         self.model_dropped(arm)
@@ -196,7 +206,9 @@ class Metrics:
                 self.model_version.remove(arm, served[0])
 
     def sample(self, log: LogFigures | None) -> None:
-        """Publish this worker's resource use and (when given) its prediction log's figures."""
+        """Publish the request path's pending counts, this worker's resource use and (when given) its
+        prediction log's figures."""
+        self.pending.publish()
         with self._lock:
             with self.process.oneshot():
                 times = self.process.cpu_times()
@@ -239,12 +251,32 @@ class Metrics:
         return generate_latest(registry)
 
 
+class Pending:
+    """Counter increments of the request path, added up in memory and published to their counters when
+    /metrics is scraped and every SAMPLE_SECONDS (`Metrics.sample`). An increment of a shared (memory-mapped)
+    counter costs ~1.2 µs; a request made about ten of them."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._amounts: dict[Any, float] = {}
+
+    def add(self, counter: Any, amount: float) -> None:
+        with self._lock:
+            self._amounts[counter] = self._amounts.get(counter, 0.0) + amount
+
+    def publish(self) -> None:
+        with self._lock:
+            amounts, self._amounts = self._amounts, {}
+        for counter, amount in amounts.items():
+            counter.inc(amount)
+
+
 class StageClock:
     """CPU-time laps of one prediction request (this thread's CPU time, so requests interleaving on other
-    threads or awaiting I/O do not count), each added to its stage's counter; about 1 µs a lap."""
+    threads or awaiting I/O do not count), each added to its stage's counter (through `Pending`)."""
 
-    def __init__(self, counters: dict[str, Counter]) -> None:
-        self.counters, self.last = counters, time.thread_time()
+    def __init__(self, counters: dict[str, Counter], pending: Pending) -> None:
+        self.counters, self.pending, self.last = counters, pending, time.thread_time()
 
     def restart(self) -> None:
         """Continue in another thread (its own CPU clock)."""
@@ -252,7 +284,7 @@ class StageClock:
 
     def lap(self, stage: str) -> None:
         now = time.thread_time()
-        self.counters[stage].inc(now - self.last)
+        self.pending.add(self.counters[stage], now - self.last)
         self.last = now
 
 

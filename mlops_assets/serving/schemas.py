@@ -9,6 +9,7 @@ never the regex) and lengths from the project file. A naive datetime is local ti
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import partial
@@ -26,14 +27,14 @@ PYTHON_TYPES: dict[str, type] = {"int": int, "float": float, "str": str, "bool":
 RESERVED = frozenset({"explain", "instances"})
 
 
-def _in_domain(allowed: tuple[str, ...], value: object) -> object:
-    if value is not None and str(value) not in allowed:
+def _in_domain(allowed: tuple[str, ...], members: frozenset[str], value: object) -> object:
+    if value is not None and str(value) not in members:
         raise ValueError(f"must be one of {', '.join(repr(a) for a in allowed)}")
     return value
 
 
-def _matches(pattern: str, example: object, value: object) -> object:
-    if value is not None and not re.fullmatch(pattern, str(value)):
+def _matches(fullmatch: Callable[[str], object], example: object, value: object) -> object:
+    if value is not None and not fullmatch(str(value)):
         hint = f"; e.g. {example!r}" if example is not None else ""
         raise ValueError(f"has an unexpected format{hint}")
     return value
@@ -43,7 +44,7 @@ def _aware(zone_name: str, value: object) -> object:
     """A naive datetime gets the field's zone; the instant must be a real local time within range."""
     if not isinstance(value, datetime):
         return value
-    moment = localize(value, zone_name)
+    moment = value if value.tzinfo is not None else localize(value, zone_name)
     if moment is None:
         raise ValueError(f"this local time does not exist in {zone_name} (clocks moved forward)")
     if not EARLIEST <= moment < LATEST:
@@ -64,10 +65,10 @@ def _field(name: str, spec: RequestFieldSpec) -> tuple[Any, Any]:
     if spec.type == "str":
         constraints["max_length"] = spec.max_length
         if spec.pattern:
-            validators.append(AfterValidator(partial(_matches, spec.pattern, spec.example)))
+            validators.append(AfterValidator(partial(_matches, re.compile(spec.pattern).fullmatch, spec.example)))
             constraints["json_schema_extra"] = {"pattern": spec.pattern}
     if spec.domain:
-        validators.append(AfterValidator(partial(_in_domain, tuple(spec.domain))))
+        validators.append(AfterValidator(partial(_in_domain, tuple(spec.domain), frozenset(spec.domain))))
         constraints["json_schema_extra"] = {"enum": list(spec.domain)}
     if spec.type == "datetime":
         validators.append(AfterValidator(partial(_aware, spec.time_zone or "UTC")))
