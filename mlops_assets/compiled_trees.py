@@ -52,9 +52,10 @@ class CompiledTrees:
         x = np.ascontiguousarray(matrix, dtype=np.float64)
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"expected a matrix of {self.n_features} features, got shape {x.shape}")
-        out = tree_kernels.predict(x, self.roots, self.feature, self.threshold, self.decision, self.left,
-                                   self.right, self.leaf_value, self.cat_start, self.cat_words, self.cat_bits,
-                                   self.n_class, self.transform, self.sigmoid)
+        kernel = tree_kernels.predict_parallel if len(x) >= tree_kernels.PARALLEL_ROWS else tree_kernels.predict
+        out = kernel(x, self.roots, self.feature, self.threshold, self.decision, self.left, self.right,
+                     self.leaf_value, self.cat_start, self.cat_words, self.cat_bits, self.n_class, self.transform,
+                     self.sigmoid)
         return out[:, 0] if self.n_class == 1 else out
 
 
@@ -182,7 +183,14 @@ def probe_matrix(booster: Any, n_features: int, category_counts: dict[int, int],
 
 
 def agrees(compiled: CompiledTrees, booster: Any, matrix: np.ndarray) -> bool:
-    """Whether the compiled trees score `matrix` exactly (bit for bit) as the booster does."""
-    ours = compiled.predict(matrix)
+    """Whether the compiled trees score `matrix` exactly (bit for bit) as the booster does, both as one batch
+    and in batches small enough for the one-thread loop."""
+    from mlops_assets.tree_kernels import PARALLEL_ROWS
+
     theirs = np.asarray(booster.predict(matrix, num_threads=1), dtype=np.float64)
-    return ours.shape == theirs.shape and bool(np.array_equal(ours.view(np.int64), theirs.view(np.int64)))
+    small = PARALLEL_ROWS - 1
+    parts = [compiled.predict(matrix[i:i + small]) for i in range(0, len(matrix), small)]
+    for ours in (compiled.predict(matrix), np.concatenate(parts) if parts else theirs):
+        if ours.shape != theirs.shape or not np.array_equal(ours.view(np.int64), theirs.view(np.int64)):
+            return False
+    return True
