@@ -14,6 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev,postgres]'
+	$(BIN)/python -m mlops_assets.kernels
 	touch $@
 
 run: $(BIN)/.installed

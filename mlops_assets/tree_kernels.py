@@ -99,3 +99,12 @@ def predict_parallel(x: np.ndarray, roots: np.ndarray, feature: np.ndarray, thre
                                                     cat_start, cat_words, cat_bits)]
         _transform(out, i, n_class, transform, sigmoid)
     return out
+
+
+def warm() -> None:
+    """Compile both loops (or load them from the cache) now: `make` does it at install, so the first
+    model load of a fresh clone does not pay the ~3 s compile."""
+    x, i1 = np.zeros((1, 1)), np.zeros(1, dtype=np.int64)
+    for kernel in (predict, predict_parallel):
+        kernel(x, ~np.zeros(1, dtype=np.int64), i1, np.zeros(1), i1, i1, i1, np.zeros(1), i1, i1,
+               np.zeros(1, dtype=np.uint32), 1, SIGMOID, 1.0)
