@@ -200,6 +200,8 @@ class Service:
 
     def _prepare(self, instances: list[BaseModel], requests: list[dict[str, object]], times: list[datetime],
                  ids: list[str], places: list[tuple[int, int]], arms: Arms) -> Pass:
+        """The pass as columns: every view at each instance's time, the calendar parts, the direct fields;
+        and per instance its arm and its inputs as the log keeps them."""
         found = self.features.lookup_columns(arms.views, requests, times)
         cfg, n = self.config, len(requests)
         mode, share = (("canary", arms.rollout_share) if arms.rollout_share is not None
