@@ -271,3 +271,28 @@ def test_the_daemon_refreshes_the_report_after_a_periods_reports_not_after_a_ret
     assert lands("governance_report") == 0
     assert lands("training_set") == 0, "a retrain alone has nothing new to report"
     assert lands("drift_report", "2015-07-01") == 1
+
+
+def test_a_rollback_to_a_version_with_changes_requested_is_refused(tmp_path) -> None:
+    """On a real MLflow registry: champion 1 -> 2 -> 3; a reviewer asks changes for 2; rolling back (to 2) is
+    refused naming the review and leaves the champion. Once 1 is approved again the previous champion is 3,
+    which nobody asked changes for, and the rollback goes ahead."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client, name = MlflowClient(tracking_uri=uri, registry_uri=uri), "reviewed_model"
+    client.create_registered_model(name)
+    for _ in range(3):
+        version = client.create_model_version(name, source=str(tmp_path)).version
+        for tag in ("blessed", "infra_valid"):
+            client.set_model_version_tag(name, version, tag, "true")
+        registry.promote(client, name, version, "promote", "ci", "new version")
+    review.request_changes(client, name, "2", "unfair to small airports", "ana")
+    with pytest.raises(registry.GovernanceError) as refused:
+        review.assert_rollback_allowed(client, name)
+    assert "version 2 has changes requested by ana" in str(refused.value)
+    assert "unfair to small airports" in str(refused.value) and "roll back" in str(refused.value)
+    assert registry.alias_version(client, name, registry.CHAMPION) == "3"
+    registry.promote(client, name, "1", "approve", "bob", "the old one was fine")
+    review.assert_rollback_allowed(client, name)  # the previous champion is now 3: nothing asked for it
+    assert registry.rollback(client, name, "bob", "complaints")["version"] == "3"

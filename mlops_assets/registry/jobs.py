@@ -56,9 +56,10 @@ def approve_version(context: dg.OpExecutionContext, config: ApprovalConfig, proj
 @dg.op
 def rollback_to_previous(context: dg.OpExecutionContext, config: RollbackConfig, project: ProjectResource,
                          mlflow_tracking: MlflowResource) -> Iterator[dg.AssetMaterialization | dg.Output]:
-    """Move `champion` back to the version it replaced."""
+    """Move `champion` back to the version it replaced (unless a reviewer has asked changes for that one)."""
     name, client = project.get().spec.model_name, mlflow_tracking.client()
     try:
+        review.assert_rollback_allowed(client, name)
         event = registry.rollback(client, name, config.requested_by, config.reason, context.run.run_id)
     except registry.GovernanceError as exc:
         raise dg.Failure(description=str(exc)) from exc

@@ -4,8 +4,9 @@ to a registered version, with a reason, that blocks its promotion.
 Approval already exists (`approve_model`); this is its counterpart. A request is recorded on the
 version itself (tags `changes_requested`, `.reason`, `.reviewer`, `.at`) and appended to the
 registered model's review history (`review_event.<n>` tags, next to the alias history). A version's
-artifact never changes, so the request blocks *that* version for good: neither `approve_model` nor
-the automatic promotion in `champion_model` can make it champion. A new version (retrained on new
+artifact never changes, so the request blocks *that* version for good: neither `approve_model`, nor
+the automatic promotion in `champion_model`, nor `rollback_champion` (when it is the previous
+champion) can make it champion. A new version (retrained on new
 data or a new project file) answers the review: it is not blocked, and the governance report names
 the first later version promoted after the request as the answer.
 """
@@ -18,7 +19,7 @@ from datetime import UTC, datetime
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
-from mlops_assets.registry.registry import CHAMPION, GovernanceError
+from mlops_assets.registry.registry import CHAMPION, GovernanceError, alias_history, champion_stack
 from mlops_assets.serving.governance import not_found
 
 REQUESTED = "changes_requested"
@@ -80,13 +81,23 @@ def request_changes(client: MlflowClient, name: str, version: str, reason: str, 
     return event
 
 
-def assert_no_changes_requested(client: MlflowClient, name: str, version: str) -> None:
+def assert_no_changes_requested(client: MlflowClient, name: str, version: str,
+                                answer: str = "refusing to promote it: a new version must answer the review") -> None:
     """Refuse to promote a version a reviewer asked changes for; the reason is in the error."""
     request = requested_changes(_version_tags(client, name, str(version)))
     if request is not None:
         raise GovernanceError(f"{name} version {version} has changes requested by {request['reviewer']} "
-                              f"({request['at']}): {request['reason']}; refusing to promote it: a new version "
-                              "must answer the review")
+                              f"({request['at']}): {request['reason']}; {answer}")
+
+
+def assert_rollback_allowed(client: MlflowClient, name: str) -> None:
+    """A rollback makes the previous champion champion again: not one a reviewer has since asked changes
+    for (the error says to approve another version instead). No previous champion is the rollback's own
+    error."""
+    stack = champion_stack(alias_history(client, name))
+    if len(stack) >= 2:
+        assert_no_changes_requested(client, name, stack[-2], "refusing to roll back to it: approve another "
+                                    "version (approve_model) instead")
 
 
 def answered_by(request_version: str, requested_at: str, history: list[dict[str, str]]) -> str | None:
