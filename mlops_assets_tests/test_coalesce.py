@@ -16,7 +16,12 @@ from fastapi.testclient import TestClient
 
 from mlops_assets.serving.app import create_app
 from mlops_assets.serving.coalesce import Coalescer
-from mlops_assets_tests.serving_fixtures import Platform, build_flights, build_weather, log_lines
+from mlops_assets_tests.serving_fixtures import (
+    Platform,
+    build_weather,
+    log_lines,
+    shared_flights_fixture,  # noqa: F401 - registers it
+)
 
 
 async def _scored_together(items: list[int], score: Callable[[list[int]], list[object]],
@@ -74,10 +79,9 @@ def test_a_failing_pass_is_scored_again_item_by_item_and_only_the_breaking_item_
 
 
 @pytest.fixture(scope="module")
-def flights(tmp_path_factory: pytest.TempPathFactory) -> Platform:
-    platform = build_flights(tmp_path_factory.mktemp("coalesce"))
-    platform.move("champion", "1")
-    return platform
+def flights(shared_flights: Platform) -> Platform:
+    shared_flights.move("champion", "1")
+    return shared_flights
 
 
 async def _post_all(app: object, bodies: list[object], concurrently: bool) -> list[httpx.Response]:
