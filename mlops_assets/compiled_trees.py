@@ -58,6 +58,11 @@ class CompiledTrees:
                      self.sigmoid)
         return out[:, 0] if self.n_class == 1 else out
 
+    def numeric_splits(self) -> list[tuple[int, float]]:
+        """(feature, threshold) of every numerical split."""
+        numeric = (self.decision & 1) == 0
+        return list(zip(self.feature[numeric].tolist(), self.threshold[numeric].tolist(), strict=True))
+
 
 def _transform(objective: str) -> tuple[int, float, int] | None:
     """(transform, sigmoid, classes) of the model file's objective line, None for one not reproduced."""
@@ -168,16 +173,17 @@ def numeric_splits(booster: Any) -> list[tuple[int, float]]:
     return out
 
 
-def probe_matrix(booster: Any, n_features: int, category_counts: dict[int, int], rows: int = 2000,
-                 seed: int = 0, edge_cases: bool = True) -> np.ndarray:
-    """Rows that exercise every split: each threshold and its float neighbours, each category, NaN and 0;
+def probe_matrix(splits: list[tuple[int, float]], n_features: int, category_counts: dict[int, int],
+                 rows: int = 2000, seed: int = 0, edge_cases: bool = True) -> np.ndarray:
+    """Rows that exercise every split (`splits`: `numeric_splits`): each threshold and its float neighbours,
+    each category, NaN and 0;
     with `edge_cases` also -0.0, infinities (a split the model file writes as `inf`), values within
     LightGBM's zero threshold, one category past the last and fractional or negative codes."""
     base = [math.nan, 0.0, -0.0, ZERO / 2, -ZERO / 2, math.inf, -math.inf] if edge_cases else [math.nan, 0.0]
     candidates: list[list[float]] = [list(base) for _ in range(n_features)]
     for j, count in category_counts.items():
         candidates[j] += [float(c) for c in range(count + 1 if edge_cases else count)] + ([-1.0, -0.5, 0.5] if edge_cases else [])
-    for j, t in numeric_splits(booster):
+    for j, t in splits:
         candidates[j] += [t, float(np.nextafter(t, -np.inf)), float(np.nextafter(t, np.inf))]
     rng = np.random.default_rng(seed)
     out = np.empty((rows, n_features), dtype=np.float64)

@@ -40,7 +40,7 @@ class ScoringModel:
     classes: list[str] | None = None
     threshold: float = 0.5
     _codes: dict[str, dict[str, int]] = field(default_factory=dict, init=False, repr=False, compare=False)
-    _numeric: tuple[list[int], list[str]] = field(default=([], []), init=False, repr=False, compare=False)
+    _numeric: list[int] = field(default_factory=list, init=False, repr=False, compare=False)  # numeric positions
     _trees: Any = field(default=None, init=False, repr=False, compare=False)  # CompiledTrees once `compile` passed
 
     def __post_init__(self) -> None:
@@ -53,8 +53,7 @@ class ScoringModel:
             raise ValueError(f"categorical levels for columns that are not features: {unknown}")
         self._codes = {n: {level: code for code, level in enumerate(levels)}
                        for n, levels in self.categorical_levels.items()}
-        numeric = [(j, n) for j, n in enumerate(self.features) if n not in self._codes]
-        self._numeric = ([j for j, _ in numeric], [n for _, n in numeric])
+        self._numeric = [j for j, n in enumerate(self.features) if n not in self._codes]
 
     @classmethod
     def adopt(cls, model: Any) -> ScoringModel:
@@ -103,7 +102,7 @@ class ScoringModel:
         -> NaN), numbers as floats, None as a missing value (NaN). The numbers of all columns go through one
         numpy conversion, the categories a comprehension each: serving's batch path."""
         out = np.empty((n, len(self.features)), dtype=np.float64)
-        positions, _ = self._numeric
+        positions = self._numeric
         if positions and n:
             out[:, positions] = np.array([columns[j] for j in positions], dtype=np.float64).T
         nan = math.nan
@@ -134,7 +133,7 @@ class ScoringModel:
         if trees.n_features != len(self.features):
             return f"the booster reads {trees.n_features} features, the model declares {len(self.features)}"
         counts = {j: len(self.categorical_levels[n]) for j, n in enumerate(self.features) if n in self.categorical_levels}
-        if not agrees(trees, self.booster, probe_matrix(self.booster, len(self.features), counts)):
+        if not agrees(trees, self.booster, probe_matrix(trees.numeric_splits(), len(self.features), counts)):
             return "the compiled trees do not score the probe rows exactly as LightGBM does"
         self._trees = trees
         return ""

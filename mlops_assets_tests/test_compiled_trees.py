@@ -54,7 +54,7 @@ def test_scores_equal_lightgbm_to_the_bit(objective: str, params: dict[str, obje
     trees = compile_trees(booster)
     assert trees is not None
     x, _ = _data(500, seed=7)
-    probe = probe_matrix(booster, 4, {2: len(LEVELS)})
+    probe = probe_matrix(trees.numeric_splits(), 4, {2: len(LEVELS)})
     for matrix in (x, probe, probe[:1]):
         ours, theirs = trees.predict(matrix), booster.predict(matrix, num_threads=1)
         assert ours.shape == theirs.shape
@@ -68,7 +68,7 @@ def test_the_check_fails_on_a_different_leaf_and_a_different_threshold() -> None
     booster, _ = _booster("binary")
     trees = compile_trees(booster)
     assert trees is not None
-    probe = probe_matrix(booster, 4, {2: len(LEVELS)})
+    probe = probe_matrix(trees.numeric_splits(), 4, {2: len(LEVELS)})
     assert agrees(trees, booster, probe)
     leaves = trees.leaf_value.copy()
     leaves[len(leaves) // 2] = np.nextafter(leaves[len(leaves) // 2], np.inf)

@@ -24,6 +24,7 @@ import numpy as np
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from mlops_assets.compiled_trees import numeric_splits
 from mlops_assets.compiled_trees import probe_matrix as compiled_probe
 from mlops_assets.edge import runner
 from mlops_assets.edge.compile import compile_booster
@@ -88,7 +89,7 @@ def public_uri(uri: str) -> str:
 def probe_matrix(model: ScoringModel, rows: int = PROBE_ROWS, seed: int = 0) -> np.ndarray:
     """Rows that exercise every split: each threshold and its float neighbours, each category, NaN."""
     counts = {j: len(model.categorical_levels[n]) for j, n in enumerate(model.features) if n in model.categorical_levels}
-    return compiled_probe(model.booster, len(model.features), counts, rows, seed, edge_cases=False)
+    return compiled_probe(numeric_splits(model.booster), len(model.features), counts, rows, seed, edge_cases=False)
 
 
 def max_difference(folder: Path, model: ScoringModel, matrix: np.ndarray) -> float:

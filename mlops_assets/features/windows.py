@@ -784,29 +784,20 @@ class _Packed:
         out, valid, picks, latest = self.kernels.read_packed(seg, np.asarray(t_us, dtype=np.int64), offsets,
                                                              self.starts, self.sum_starts, self.ts, self.sums,
                                                              self.chan, self.ext, *plan.kernel)
-        no_event = self.kernels.NO_EVENT
         if isinstance(null, float) and math.isnan(null):  # the kernel leaves NaN wherever there is no value
             columns = out.T.tolist()
-            for j, last in lasts:  # the latest value itself (a category, say): None when there is none
-                columns[j] = [None if i < 0 else self.last[last, i] for i in picks[:, j].tolist()]
-            when = [None if us == no_event else us for us in latest.tolist()]
-            return dict(zip(names, columns, strict=True)), when
-        if n * len(names) <= SMALL_READ:  # a few queries: plain lists beat a dozen numpy calls
+        elif n * len(names) <= SMALL_READ:  # a few queries: plain lists beat a dozen numpy calls
             columns = [[v if ok else None for v, ok in zip(col, oks, strict=True)]
                        for col, oks in zip(out.T.tolist(), valid.T.tolist(), strict=True)]
-            for j, last in lasts:
-                columns[j] = [None if i < 0 else self.last[last, i] for i in picks[:, j].tolist()]
-            when = [None if us == no_event else us for us in latest.tolist()]
-            return dict(zip(names, columns, strict=True)), when
-        values = out.astype(object)
-        values[~valid] = None
-        for j, last in lasts:
-            rows = picks[:, j]
-            found = rows >= 0
-            values[found, j] = self.last[last, rows[found]]
-        stamps = latest.astype(object)
-        stamps[latest == no_event] = None
-        return dict(zip(names, values.T.tolist(), strict=True)), stamps.tolist()
+        else:
+            values = out.astype(object)
+            values[~valid] = None
+            columns = values.T.tolist()
+        for j, last in lasts:  # the latest value itself (a category, say): None when there is none
+            columns[j] = [None if i < 0 else self.last[last, i] for i in picks[:, j].tolist()]
+        no_event = self.kernels.NO_EVENT
+        when = [None if us == no_event else us for us in latest.tolist()]
+        return dict(zip(names, columns, strict=True)), when
 
     def adopt(self, histories: dict[tuple, _History]) -> None:
         """Point each packed key's history at its segment (numpy views, no copy), so a view's events are held

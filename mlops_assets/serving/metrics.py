@@ -239,6 +239,7 @@ class Metrics:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(SAMPLE_SECONDS + 1)
+        self.pending.publish()  # the last seconds' counts, before the worker goes
 
     def render(self, log: LogFigures) -> bytes:
         """The text exposition format (0.0.4): this process's registry, or every worker's files."""
