@@ -209,3 +209,33 @@ def _ready(base: str) -> bool:
         return httpx.get(f"{base}/ready", timeout=5, trust_env=False).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_logged_inputs_read_as_pydantic_json_mode_writes_them() -> None:
+    """The log writes an instance's validated inputs from their Python form (orjson, UTC as Z): the same
+    text pydantic's JSON mode gives, for UTC, other zones, offsets of whole minutes and fractions of a
+    second. An offset with seconds (local mean time before 1900s standard zones) is dumped by pydantic."""
+    from datetime import UTC, datetime, timedelta, timezone
+    from zoneinfo import ZoneInfo
+
+    import orjson
+
+    from mlops_assets.project.loading import load_project
+    from mlops_assets.serving.encoding import encode_record
+    from mlops_assets.serving.schemas import request_models
+    from mlops_assets.serving.service import _whole_minutes
+
+    project = load_project(Path(__file__).parents[1] / "projects" / "flights" / "project.yaml").spec
+    model = request_models(project, 10).instance
+    time_field = project.request.time
+    base = {"carrier": "UA", "flight": 1545, "origin": "EWR", "dest": "IAH", "distance": 1400.0}
+    moments = [datetime(2013, 11, 1, 21, 40, tzinfo=UTC), datetime(2013, 11, 1, 21, 40, 0, 123000, tzinfo=UTC),
+               datetime(2013, 3, 10, 3, 0, tzinfo=ZoneInfo("America/New_York")),
+               datetime(2013, 1, 1, 12, 0, 0, 500, tzinfo=timezone(timedelta(hours=5, minutes=30))),
+               datetime(1901, 1, 1, tzinfo=timezone(-timedelta(hours=5, minutes=17, seconds=32)))]
+    for moment in moments:
+        instance = model.model_validate({**base, time_field: moment})
+        python, expected = instance.model_dump(), instance.model_dump(mode="json")
+        logged = python if _whole_minutes(python[time_field]) else expected
+        assert orjson.loads(encode_record({"inputs": logged}))["inputs"] == expected, moment
+    assert not _whole_minutes(moments[-1]) and all(_whole_minutes(m) for m in moments[:-1])

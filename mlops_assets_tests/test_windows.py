@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from polars.testing import assert_frame_equal
 
-from mlops_assets.features.windows import Aggregation, OnlineWindows, aggregate_at
+from mlops_assets.features.windows import Aggregation, OnlineWindows, ViewsReader, aggregate_at, epoch_us
 
 T0 = datetime(2013, 1, 1, tzinfo=UTC)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -180,6 +180,7 @@ def check_all(events: pl.DataFrame, queries: pl.DataFrame, keys: tuple[str, ...]
 def assert_batch_equals_single(store: OnlineWindows, queries: list[tuple[tuple, datetime]]) -> None:
     """The batch path (serving's) gives, to the bit, what `compute` gives per query (NaN where it gives NaN)."""
     with_events = [(k, t) for k, t in queries if store.compute(k, t).latest_known_at is not None]
+    reader = ViewsReader([store, store])  # one view twice: the second's columns start after the first's
     for _ in ("keys pushed since the pack read per key", "all packed"):
         for batch_queries in (queries, with_events):  # the second: every query has events (the direct path)
             batch = store.compute_many([k for k, _ in batch_queries], [t for _, t in batch_queries])
@@ -187,7 +188,11 @@ def assert_batch_equals_single(store: OnlineWindows, queries: list[tuple[tuple, 
                 one = store.compute(key, t)
                 assert (got.latest_known_at, got.complete) == (one.latest_known_at, one.complete), f"{key} {t}"
                 assert repr(got.values) == repr(one.values), f"batch {key} {t}: {got.values} != {one.values}"
-        store.pack()
+            keys, t_us = [k for k, _ in batch_queries], [epoch_us(t) for _, t in batch_queries]
+            expected, read = store.compute_columns(keys, t_us, math.nan), reader.read([keys, keys], t_us)
+            for view in (0, 1):  # serving's read of several views in one call: the same, to the bit
+                assert repr(read.columns(view)) == repr(expected), f"view {view}"
+        store.pack()  # the reader notices the new packing
 
 
 # ---------------------------------------------------------------------------------------- tests
@@ -459,3 +464,20 @@ def test_packed_events_are_held_once_and_a_later_push_copies_its_key_out() -> No
     assert np.array_equal(packed.ts, frozen[0]) and np.array_equal(packed.sums, frozen[1])
     check_all(pl.concat([events, late]), random_queries(rng, as_dicts(events), 60), KEYS, AGGREGATIONS, store)
     assert {id(i) for i in twin._seen} <= {id(i) for i in store._seen}
+
+
+def test_long_histories_read_in_two_levels_equal_the_reference() -> None:
+    """A key with hundreds of events is searched among its marks (every 64th time) first, then within one
+    block: query times (and so window bounds) on, just before and just after the events around each mark."""
+    rng = random.Random(12)
+    rows = random_events(rng, 900, ["a"])
+    for i, row in enumerate(rows):  # distinct times a minute apart: every event is a boundary of its own
+        row["ts"], row["k"] = T0 + MIN * i, "a" if i < 700 else "b"
+    events = event_frame(rows)
+    store = online_store(events, KEYS, AGGREGATIONS, batch=100)
+    store.pack()
+    times = [T0 + MIN * i + d for i in range(900) if i % 64 in (62, 63, 0, 1) for d in (-US, 0 * US, US)]
+    queries = pl.DataFrame({"k": [rng.choice(["a", "b"]) for _ in times], "t": times},
+                           schema={"k": pl.String, "t": pl.Datetime("us", "UTC")})
+    check_all(events, queries, KEYS, AGGREGATIONS, store)
+    assert max(np.diff(store._packed.starts)) == 700

@@ -15,9 +15,11 @@ import math
 
 import numba
 import numpy as np
+from numba.typed import List
 
 COUNT, SUM, MEAN, SHARE, MIN, MAX, LAST = range(7)
 NO_EVENT = np.iinfo(np.int64).min
+MARK_EVERY = 64  # one mark per 64 event times (512 bytes of ts): the marks of a view are 1/64 of its times
 CODES = {"count": COUNT, "sum": SUM, "mean": MEAN, "share": SHARE, "min": MIN, "max": MAX, "last": LAST}
 
 
@@ -35,8 +37,20 @@ def _upper(ts: np.ndarray, lo: int, hi: int, t: int) -> int:
 
 
 @numba.njit(cache=True, nogil=True)
+def _upper_marked(ts: np.ndarray, marks: np.ndarray, m_lo: int, m_hi: int, lo: int, hi: int, t: int) -> int:
+    """`_upper` in two steps: first among the segment's marks (every MARK_EVERY-th time, a small array that
+    stays in cache), then within the one block of ts that holds the answer: a few cache misses where a plain
+    binary search over a long segment takes one per step."""
+    m = _upper(marks, m_lo, m_hi, t)
+    if m == 0:
+        return 0
+    first = lo + (m - 1) * MARK_EVERY  # ts[first] <= t: the answer is in [first, first + MARK_EVERY)
+    return first - lo + _upper(ts, first, min(first + MARK_EVERY, hi), t)
+
+
+@numba.njit(cache=True, nogil=True)
 def read_packed(seg: np.ndarray, t: np.ndarray, offsets: np.ndarray, starts: np.ndarray, sum_starts: np.ndarray,
-                ts: np.ndarray, sums: np.ndarray, chan: np.ndarray, ext: np.ndarray, fn: np.ndarray,
+                ts: np.ndarray, marks: np.ndarray, mark_starts: np.ndarray, sums: np.ndarray, chan: np.ndarray, ext: np.ndarray, fn: np.ndarray,
                 window: np.ndarray, flag: np.ndarray, value: np.ndarray, nonfinite: np.ndarray,
                 extreme: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(out, valid, picks, latest): per query and aggregation its value and whether it is one (False =
@@ -47,36 +61,70 @@ def read_packed(seg: np.ndarray, t: np.ndarray, offsets: np.ndarray, starts: np.
     valid = np.zeros((n, n_aggs), dtype=np.bool_)
     picks = np.full((n, n_aggs), -1, dtype=np.int64)
     latest = np.full(n, NO_EVENT, dtype=np.int64)
-    for q in range(n):
-        for a in range(n_aggs):
+    _read_into(seg, t, offsets, starts, sum_starts, ts, marks, mark_starts, sums, chan, ext, fn, window, flag, value,
+               nonfinite, extreme, out, valid, picks, latest, 0)
+    return out, valid, picks, latest
+
+
+@numba.njit(cache=True, nogil=True)
+def read_views(segs: np.ndarray, t: np.ndarray, offsets: List, starts: List, sum_starts: List, ts: List,
+               marks: List, mark_starts: List, sums: List, chan: List, ext: List, fn: List, window: List, flag: List, value: List,
+               nonfinite: List, extreme: List, bases: np.ndarray,
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`read_packed` of several views in one call (a typed-list entry per view, `segs[v]` its queries'
+    segments): view v's aggregations are the columns from `bases[v]` of out, valid and picks, its latest
+    times `latest[v]`. One call instead of one per view: a call's fixed cost (~10 µs of argument checks
+    and conversions) is paid once per pass. Typed lists, not tuples: one compiled version for any number
+    of views."""
+    n, width = segs.shape[1], bases[-1]
+    out = np.full((n, width), np.nan)
+    valid = np.zeros((n, width), dtype=np.bool_)
+    picks = np.full((n, width), -1, dtype=np.int64)
+    latest = np.full((len(bases) - 1, n), NO_EVENT, dtype=np.int64)
+    for v in range(len(bases) - 1):
+        _read_into(segs[v], t, offsets[v], starts[v], sum_starts[v], ts[v], marks[v], mark_starts[v], sums[v], chan[v],
+                   ext[v], fn[v], window[v], flag[v], value[v], nonfinite[v], extreme[v], out, valid, picks, latest[v],
+                   bases[v])
+    return out, valid, picks, latest
+
+
+@numba.njit(cache=True, nogil=True)
+def _read_into(seg: np.ndarray, t: np.ndarray, offsets: np.ndarray, starts: np.ndarray, sum_starts: np.ndarray,
+               ts: np.ndarray, marks: np.ndarray, mark_starts: np.ndarray, sums: np.ndarray, chan: np.ndarray, ext: np.ndarray, fn: np.ndarray,
+               window: np.ndarray, flag: np.ndarray, value: np.ndarray, nonfinite: np.ndarray,
+               extreme: np.ndarray, out: np.ndarray, valid: np.ndarray, picks: np.ndarray, latest: np.ndarray,
+               base: int) -> None:
+    """One view's queries into columns base.. of out/valid/picks (NaN, False, -1 on entry) and into latest."""
+    for q in range(len(seg)):
+        for a in range(len(fn)):
             if fn[a] == COUNT:
-                out[q, a] = 0.0
-                valid[q, a] = True
+                out[q, base + a] = 0.0
+                valid[q, base + a] = True
     n_windows = len(offsets) - 1
     counts = np.empty(n_windows, dtype=np.int64)
     for q in range(len(seg)):
         s = seg[q]
         if s < 0:
             continue
-        lo, hi = starts[s], starts[s + 1]
-        upper = _upper(ts, lo, hi, t[q] - offsets[0])
+        lo, hi, m_lo, m_hi = starts[s], starts[s + 1], mark_starts[s], mark_starts[s + 1]
+        upper = _upper_marked(ts, marks, m_lo, m_hi, lo, hi, t[q] - offsets[0])
         if upper == 0:
             continue
         latest[q] = ts[lo + upper - 1]
         for w in range(n_windows):
-            counts[w] = _upper(ts, lo, hi, t[q] - offsets[1 + w])
+            counts[w] = _upper_marked(ts, marks, m_lo, m_hi, lo, lo + upper, t[q] - offsets[1 + w])
         top = sum_starts[s] + upper
         for a in range(len(fn)):
             bottom = sum_starts[s] + counts[window[a]]
             count = sums[top, flag[a]] - sums[bottom, flag[a]]
-            kind = fn[a]
+            kind, j = fn[a], base + a
             if kind == COUNT:
-                out[q, a] = count
-                valid[q, a] = True
+                out[q, j] = count
+                valid[q, j] = True
                 continue
             if count <= 0:
                 continue
-            valid[q, a] = True
+            valid[q, j] = True
             if kind in (SUM, MEAN, SHARE):
                 total = sums[top, value[a]] - sums[bottom, value[a]]
                 if nonfinite[a, 0] >= 0:
@@ -89,7 +137,7 @@ def read_packed(seg: np.ndarray, t: np.ndarray, offsets: np.ndarray, starts: np.
                         total = math.inf
                     elif neg:
                         total = -math.inf
-                out[q, a] = total if kind == SUM else total / count
+                out[q, j] = total if kind == SUM else total / count
             elif kind in (MIN, MAX):
                 first, last = lo + counts[window[a]], lo + upper
                 best = ext[extreme[a], first]
@@ -99,18 +147,27 @@ def read_packed(seg: np.ndarray, t: np.ndarray, offsets: np.ndarray, starts: np.
                         break
                     if math.isnan(v) or (v < best if kind == MIN else v > best):
                         best = v
-                out[q, a] = best
+                out[q, j] = best
             else:
                 first = lo + counts[window[a]]
                 i = lo + upper - 1
                 while i >= first and chan[flag[a], i] <= 0:
                     i -= 1
-                picks[q, a] = i
-    return out, valid, picks, latest
+                picks[q, j] = i
 
 
 def warm() -> None:
     """Compile (or load from the cache) off the request path: the first call of a process does it."""
-    i1, i2 = np.empty(0, dtype=np.int64), np.zeros(2, dtype=np.int64)
-    read_packed(i1, i1, i2, i2, i2, i1, np.empty((0, 0)), np.empty((0, 0)), np.empty((0, 0)), i1, i1, i1, i1,
-                np.empty((0, 3), dtype=np.int64), i1)
+    i1, i2, f2 = np.empty(0, dtype=np.int64), np.zeros(2, dtype=np.int64), np.empty((0, 0))
+    nonfinite = np.empty((0, 3), dtype=np.int64)
+    read_packed(i1, i1, i2, i2, i2, i1, i1, i2, f2, f2, f2, i1, i1, i1, i1, nonfinite, i1)
+    one = (i2, i2, i2, i1, i1, i2, f2, f2, f2, i1, i1, i1, i1, nonfinite, i1)
+    read_views(np.empty((1, 0), dtype=np.int64), i1, *(typed_list([a]) for a in one), np.zeros(2, dtype=np.int64))
+
+
+def typed_list(arrays: list[np.ndarray]) -> List:
+    """The arrays as the numba list `read_views` takes (built once per packing, not per read)."""
+    out = List()
+    for array in arrays:
+        out.append(array)
+    return out

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -49,6 +49,7 @@ MICROSECOND = timedelta(microseconds=1)
 _T = "__known_at_us"
 _ID = "__event_id"
 _GROUP = "__group"
+NO_EVENT = int(np.iinfo(np.int64).min)  # a latest event time meaning: none (window_kernels.NO_EVENT)
 
 
 @dataclass(frozen=True)
@@ -697,8 +698,7 @@ class OnlineWindows:
         plan = self._plan
         if not all(map(isinstance, keys, repeat(tuple))):
             keys = [key if isinstance(key, tuple) else (key,) for key in keys]
-        if self._packed is None or len(self._dirty) > max(REPACK_MIN, REPACK_SHARE * len(self._histories)):
-            self.pack()
+        self._packed_now()
         horizon = self._horizon_us
         complete = [True] * len(keys) if horizon is None else [t - plan.max_window_us >= horizon for t in t_us]
         dirty = self._dirty
@@ -706,15 +706,29 @@ class OnlineWindows:
         assert self._packed is not None
         values, latest = self._packed.read(plan, keys, t_us, self._offsets, set(changed), null)
         if changed:
-            found, found_latest, columns = self._read_per_key(plan, [keys[i] for i in changed],
-                                                              [t_us[i] for i in changed], self._offsets)
-            for c in plan.compiled:
-                column = values[c.name]
-                for q, value in zip(found, columns[c.name], strict=True):
-                    column[changed[q]] = null if value is None else value
-            for q, us in zip(found, found_latest, strict=True):
-                latest[changed[q]] = us
+            self._fill_changed(keys, t_us, changed, values, latest, null)
         return WindowColumns(values, latest, complete)
+
+    def _packed_now(self) -> _Packed:
+        """The packed histories, repacked first when more than REPACK_SHARE of the keys (at least
+        REPACK_MIN) changed since the last packing."""
+        if self._packed is None or len(self._dirty) > max(REPACK_MIN, REPACK_SHARE * len(self._histories)):
+            self.pack()
+        assert self._packed is not None
+        return self._packed
+
+    def _fill_changed(self, keys: Sequence[tuple], t_us: Sequence[int], changed: list[int],
+                      values: dict[str, list[object]], latest: list[int | None] | np.ndarray, null: object) -> None:
+        """The queries at `changed` (keys pushed since the pack) read per key into `values` and `latest`."""
+        plan = self._plan
+        found, found_latest, columns = self._read_per_key(plan, [keys[i] for i in changed],
+                                                          [t_us[i] for i in changed], self._offsets)
+        for c in plan.compiled:
+            column = values[c.name]
+            for q, value in zip(found, columns[c.name], strict=True):
+                column[changed[q]] = null if value is None else value
+        for q, us in zip(found, found_latest, strict=True):
+            latest[changed[q]] = us
 
     def _read_per_key(self, plan: _Plan, keys: list[tuple], t_us: list[int],
                       offsets: np.ndarray) -> tuple[list[int], list[int], dict[str, list[object]]]:
@@ -739,6 +753,7 @@ class OnlineWindows:
 
 REPACK_MIN, REPACK_SHARE = 64, 0.02
 SMALL_READ = 256  # queries x aggregations up to which `_Packed.read` converts with lists
+SMALL_LAST = 16  # queries up to which a `last` column is read with a list, not a numpy gather
 
 
 class _Packed:
@@ -756,6 +771,7 @@ class _Packed:
         self.sum_starts = self.starts[:-1] + np.arange(len(held), dtype=np.int64)
         n_chan, n_ext, n_last = len(plan.channels), len(plan.extremes), len(plan.lasts)
         self.ts = np.concatenate([h.ts[:h.n] for _, h in held]) if held else np.empty(0, dtype=np.int64)
+        self.marks, self.mark_starts = _marks(self.ts, self.starts)
         self.chan = np.concatenate([h.chan[:, :h.n] for _, h in held], axis=1) if held else np.empty((n_chan, 0))
         # (positions, channels): a query's channels share a cache line or two (the gather is cache-bound)
         self.sums = (np.ascontiguousarray(np.concatenate([h.sums[:, :h.n + 1] for _, h in held], axis=1).T)
@@ -777,12 +793,10 @@ class _Packed:
         packing or a query in `skip`; and each query's latest event time (None: no event by t). A value that
         is not one reads as `null`."""
         n, (names, lasts) = len(keys), plan.outputs
-        segment = self.segment
-        seg = np.fromiter(map(segment.get, keys, repeat(-1, n)), dtype=np.int64, count=n)
-        if skip:
-            seg[list(skip)] = -1
+        seg = self.segments(keys, skip)
         out, valid, picks, latest = self.kernels.read_packed(seg, np.asarray(t_us, dtype=np.int64), offsets,
-                                                             self.starts, self.sum_starts, self.ts, self.sums,
+                                                             self.starts, self.sum_starts, self.ts, self.marks,
+                                                             self.mark_starts, self.sums,
                                                              self.chan, self.ext, *plan.kernel)
         if isinstance(null, float) and math.isnan(null):  # the kernel leaves NaN wherever there is no value
             columns = out.T.tolist()
@@ -794,10 +808,26 @@ class _Packed:
             values[~valid] = None
             columns = values.T.tolist()
         for j, last in lasts:  # the latest value itself (a category, say): None when there is none
-            columns[j] = [None if i < 0 else self.last[last, i] for i in picks[:, j].tolist()]
+            columns[j] = self.last_values(last, picks[:, j])
         no_event = self.kernels.NO_EVENT
         when = [None if us == no_event else us for us in latest.tolist()]
         return dict(zip(names, columns, strict=True)), when
+
+    def segments(self, keys: Sequence[tuple], skip: Collection[int]) -> np.ndarray:
+        """Each key's segment (-1: not held at packing, or a query in `skip`)."""
+        n = len(keys)
+        seg = np.fromiter(map(self.segment.get, keys, repeat(-1, n)), dtype=np.int64, count=n)
+        if skip:
+            seg[list(skip)] = -1
+        return seg
+
+    def last_values(self, last: int, picks: np.ndarray) -> list[object]:
+        """The `last` input's value at each picked event row (-1: None)."""
+        if len(picks) <= SMALL_LAST or not self.last.shape[1]:
+            return [None if i < 0 else self.last[last, i] for i in picks.tolist()]
+        values = self.last[last].take(np.maximum(picks, 0))
+        values[picks < 0] = None
+        return values.tolist()
 
     def adopt(self, histories: dict[tuple, _History]) -> None:
         """Point each packed key's history at its segment (numpy views, no copy), so a view's events are held
@@ -808,6 +838,92 @@ class _Packed:
             top = int(self.sum_starts[segment])
             history.ts, history.chan, history.ext = self.ts[lo:hi], self.chan[:, lo:hi], self.ext[:, lo:hi]
             history.last, history.sums = self.last[:, lo:hi], self.sums[top:top + hi - lo + 1].T
+
+
+@dataclass(frozen=True)
+class ViewsRead:
+    """`compute_columns` of several views for one batch of times: per view its values by aggregation (NaN
+    where an aggregation has no value), and as (views, queries) arrays each query's latest event time
+    (`NO_EVENT`: none by t) and whether the view's history is complete at t."""
+
+    values: list[dict[str, list[object]]]
+    latest_us: np.ndarray
+    complete: np.ndarray
+
+    def columns(self, view: int) -> WindowColumns:
+        """View `view` as `compute_columns` gives it."""
+        return WindowColumns(self.values[view], [None if us == NO_EVENT else us for us in self.latest_us[view].tolist()],
+                             self.complete[view].tolist())
+
+
+class ViewsReader:
+    """Several views read by one compiled call (`window_kernels.read_views`) where `compute_columns` makes
+    one per view: the same values to the bit, with null as NaN. It holds references to the views' packed
+    arrays (no copies); a view repacked since the last read (too many pushed keys, a trim) is noticed and
+    the references are collected again. Not thread-safe, like the views it reads."""
+
+    def __init__(self, views: Sequence[OnlineWindows]) -> None:
+        self.views = list(views)
+        self._packs: list[_Packed] = []
+        self._args: tuple = ()
+        self._bases = np.zeros(len(self.views) + 1, dtype=np.int64)
+
+    def _current(self) -> list[_Packed]:
+        packs = [view._packed_now() for view in self.views]
+        if len(packs) != len(self._packs) or any(a is not b for a, b in zip(packs, self._packs, strict=True)):
+            kernels = packs[0].kernels if packs else None
+            if kernels is not None:
+                parts = [(view._offsets, p.starts, p.sum_starts, p.ts, p.marks, p.mark_starts, p.sums, p.chan, p.ext,
+                          *view._plan.kernel)
+                         for view, p in zip(self.views, packs, strict=True)]
+                contiguous = [[np.ascontiguousarray(a) for a in part] for part in parts]
+                self._args = tuple(kernels.typed_list(list(column)) for column in zip(*contiguous, strict=True))
+            widths = [len(view._plan.compiled) for view in self.views]
+            self._bases = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+            self._packs = packs
+        return packs
+
+    def read(self, keys: Sequence[Sequence[tuple]], t_us: Sequence[int]) -> ViewsRead:
+        """Each view's values for its keys (`keys[v]`, one per query) at the queries' epoch-µs times."""
+        packs, n = self._current(), len(t_us)
+        times = np.asarray(t_us, dtype=np.int64)
+        if not packs:
+            return ViewsRead([], np.empty((0, n), dtype=np.int64), np.empty((0, n), dtype=bool))
+        segs = np.empty((len(packs), n), dtype=np.int64)
+        changed: list[list[int]] = []
+        for v, (view, pack) in enumerate(zip(self.views, packs, strict=True)):
+            dirty = view._dirty
+            changed.append([i for i, key in enumerate(keys[v]) if key in dirty] if dirty else [])
+            segs[v] = pack.segments(keys[v], changed[v])
+        out, _, picks, latest = packs[0].kernels.read_views(segs, times, *self._args, self._bases)
+        columns = out.T.tolist()  # the kernel leaves NaN wherever there is no value
+        values, complete = [], np.ones((len(packs), n), dtype=bool)
+        for v, (view, pack) in enumerate(zip(self.views, packs, strict=True)):
+            names, lasts = view._plan.outputs
+            base = int(self._bases[v])
+            mine = columns[base:base + len(names)]
+            for j, last in lasts:
+                mine[j] = pack.last_values(last, picks[:, base + j])
+            values.append(dict(zip(names, mine, strict=True)))
+            if changed[v]:
+                view._fill_changed(keys[v], t_us, changed[v], values[v], latest[v], math.nan)
+            if view._horizon_us is not None:
+                complete[v] = times - view._plan.max_window_us >= view._horizon_us
+        return ViewsRead(values, latest, complete)
+
+
+MARK_EVERY = 64  # window_kernels.MARK_EVERY (numba is imported where views are read only)
+
+
+def _marks(ts: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every MARK_EVERY-th event time of each segment, from its first, and where each segment's marks start:
+    the first level of the kernel's two-level search."""
+    sizes = np.diff(starts)
+    counts = (sizes + MARK_EVERY - 1) // MARK_EVERY
+    mark_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    segment = np.repeat(np.arange(len(sizes)), counts)
+    step = np.arange(int(mark_starts[-1]), dtype=np.int64) - mark_starts[:-1][segment]
+    return ts[starts[:-1][segment] + step * MARK_EVERY], mark_starts
 
 
 def _rows_by_key(raw: pl.DataFrame, keys: Sequence[str], ts: np.ndarray) -> dict[tuple, np.ndarray]:

@@ -35,7 +35,6 @@ from mlops_assets.serving.transport import (
     INTERNAL_ERROR,
     ObserveMiddleware,
     SeenIds,
-    check_batch_size,
     parse_body,
     parse_events,
     read_json_body,
@@ -189,8 +188,6 @@ class PredictFastPath:
         message = {"type": "http.request", "body": body, "more_body": False}
         clock = self.service.metrics.clock()
         try:
-            if not single:
-                check_batch_size(body, self.config.max_batch)
             parsed = parse_body(self.models.single if single else self.models.batch, body, {})
             clock.lap("parse")
             instances = [parsed] if single else list(parsed.instances)  # type: ignore[attr-defined]
@@ -285,7 +282,6 @@ def prediction_router(config: ServingConfig, models: RequestModels) -> APIRouter
         explain = explain_parameter(request)
         body = await read_json_body(request, config.max_body_bytes, config.body_timeout_seconds)
         clock = _service(request).metrics.clock()
-        check_batch_size(body, config.max_batch)
         batch = parse_body(models.batch, body, {})
         clock.lap("parse")
         return await _respond(request, list(batch.instances), explain or batch.explain,

@@ -12,7 +12,6 @@ request path and swapped in.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -20,11 +19,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
 
+import numpy as np
 import polars as pl
 
 from mlops_assets.features.online_store import EVENT_ID, OnlineStore
 from mlops_assets.features.repository import is_static, view_aggregations, view_feature_names, view_keys
-from mlops_assets.features.windows import OnlineWindows, WindowColumns, epoch_us, from_epoch_us
+from mlops_assets.features.windows import NO_EVENT, OnlineWindows, ViewsRead, ViewsReader, epoch_us
 from mlops_assets.project.spec import Project
 
 log = logging.getLogger(__name__)
@@ -56,43 +56,15 @@ class ViewState:
         for row in frame.select(*self.keys, *self.names).iter_rows(named=True):
             self.rows[tuple(row[k] for k in self.keys)] = {n: row[n] for n in self.names}
 
-    def lookup_columns(self, keys: Sequence[tuple], t_us: Sequence[int]) -> ViewColumns:
-        """The view for a batch of (key, epoch-µs time): a windowed view in one `compute_columns`. Missing
-        (t before the history held, or not loaded): values None; a key part absent: the empty window, as
-        offline (count 0, the rest null); a static view: its row, or None for an unknown key. A number
-        without a value may read NaN rather than None: the model reads both as missing, the log as null."""
+    def lookup_columns(self, keys: Sequence[tuple]) -> ViewColumns:
+        """A static view for a batch of keys: its row, or None for an unknown key; a view not loaded: values
+        None. (Windowed views are read together: `OnlineFeatures.lookup_columns`.)"""
         n = len(keys)
         if not self.loaded:
             return ViewColumns(self.names, [[None] * n for _ in self.names], [None] * n, [False] * n)
-        if self.windows is None:
-            found = [self.rows.get(key) if None not in key else None for key in keys]
-            columns = [[None if row is None else row[name] for row in found] for name in self.names]
-            return ViewColumns(self.names, columns, [None] * n, [row is not None for row in found])
-        batch = (self._per_key(keys, t_us) if 0 < n <= PER_KEY_MAX
-                 else self.windows.compute_columns(keys, t_us, math.nan))
-        columns = list(batch.values.values())
-        ages = [None if latest is None else max(0.0, (us - latest) / 1e6)
-                for us, latest in zip(t_us, batch.latest_known_at_us, strict=True)]
-        known = [latest is not None for latest in batch.latest_known_at_us]
-        partial = [i for i, complete in enumerate(batch.complete) if not complete]
-        for i in [i for i, key in enumerate(keys) if None in key] + partial:
-            ages[i], known[i] = None, False
-            if None not in keys[i]:  # before the history held: missing, not an empty window
-                for column in columns:
-                    column[i] = None
-        return ViewColumns(list(batch.values), columns, ages, known)
-
-    def _per_key(self, keys: Sequence[tuple], t_us: Sequence[int]) -> WindowColumns:
-        """`compute` per query: for a lone query its ~20 µs beat the batch path's fixed ~30 µs."""
-        assert self.windows is not None
-        results = [self.windows.compute(key, from_epoch_us(us)) for key, us in zip(keys, t_us, strict=True)]
-        names = list(results[0].values)
-        return WindowColumns({name: [r.values[name] for r in results] for name in names},
-                             [None if r.latest_known_at is None else epoch_us(r.latest_known_at) for r in results],
-                             [r.complete for r in results])
-
-
-PER_KEY_MAX = 1  # measured: the compiled batch read wins from two queries on
+        found = [self.rows.get(key) if None not in key else None for key in keys]
+        columns = [[None if row is None else row[name] for row in found] for name in self.names]
+        return ViewColumns(self.names, columns, [None] * n, [row is not None for row in found])
 
 
 @dataclass(frozen=True)
@@ -108,12 +80,20 @@ class ViewColumns:
 
 @dataclass
 class Snapshot:
-    """Every view as of one store generation, plus the pushes applied so far."""
+    """Every view as of one store generation, plus the pushes applied so far, and the readers of its
+    windowed views (by the views a pass reads)."""
 
     generation: int
     last_seq: int
     views: dict[str, ViewState]
     lock: threading.Lock = field(default_factory=threading.Lock)
+    readers: dict[tuple[str, ...], ViewsReader] = field(default_factory=dict)
+
+    def reader(self, names: tuple[str, ...]) -> ViewsReader:
+        reader = self.readers.get(names)
+        if reader is None:
+            reader = self.readers[names] = ViewsReader([self.views[n].windows for n in names])  # type: ignore[misc]
+        return reader
 
 
 class OnlineFeatures:
@@ -162,27 +142,63 @@ class OnlineFeatures:
     def lookup_columns(self, views: Sequence[str], requests: Sequence[Mapping[str, object]],
                        times: Sequence[datetime]) -> BatchLookup:
         """Apply the pushes since the last call, then every view for the whole batch at the requests' times
-        (a missing view's features are None, which scores and logs as absent). Key columns are read once
-        per request field; the values stay columns, as the model matrix and the log records read them."""
-        snapshot = self.snapshot
+        (a missing view's features are None, which scores and logs as absent): the windowed views in one
+        compiled call (`ViewsReader`), a static view by key. Key columns are read once per request field;
+        the values stay columns, as the model matrix and the log records read them. A number without a
+        value reads NaN: the model reads it as missing, the log writes null."""
+        snapshot, n = self.snapshot, len(requests)
         t_us = [epoch_us(t) for t in times]
         fields: dict[str, list[object]] = {}
+
+        def keys_of(view: ViewState) -> list[tuple]:
+            for k in view.keys:
+                if k not in fields:
+                    fields[k] = [r.get(k) for r in requests]
+            return list(zip(*(fields[k] for k in view.keys), strict=True))
+
+        columns: dict[str, list[object]] = {}
+        ages: dict[str, list[float | None]] = {}
+        known: dict[str, list[bool]] = {}
         with snapshot.lock:
             self._sync(snapshot)
-            found = []
+            windowed = tuple(v for v in views if snapshot.views[v].windows is not None and snapshot.views[v].loaded)
+            keys = [keys_of(snapshot.views[v]) for v in windowed]
+            read = snapshot.reader(windowed).read(keys, t_us) if windowed else None
             for name in views:
                 view = snapshot.views[name]
-                for k in view.keys:
-                    if k not in fields:
-                        fields[k] = [r.get(k) for r in requests]
-                found.append(view.lookup_columns(list(zip(*(fields[k] for k in view.keys), strict=True)), t_us))
-        columns = {name: column for view in found for name, column in zip(view.names, view.columns, strict=True)}
-        n, views = len(requests), list(views)
-        ages = zip(*(f.ages for f in found), strict=True) if found else repeat((), n)
-        known = zip(*(f.known for f in found), strict=True) if found else repeat((), n)
-        freshness = [dict(zip(views, age, strict=True)) for age in ages]
-        missing = [[] if all(ok) else [v for v, k in zip(views, ok, strict=True) if not k] for ok in known]
+                if name not in windowed:
+                    found = view.lookup_columns(keys_of(view))
+                    columns.update(zip(found.names, found.columns, strict=True))
+                    ages[name], known[name] = found.ages, found.known
+        if read is not None:
+            self._windowed(windowed, keys, t_us, read, columns, ages, known)
+        order = list(views)
+        ages_by_query = zip(*(ages[v] for v in order), strict=True) if order else repeat((), n)
+        known_by_query = zip(*(known[v] for v in order), strict=True) if order else repeat((), n)
+        freshness = [dict(zip(order, age, strict=True)) for age in ages_by_query]
+        missing = [[] if all(ok) else [v for v, k in zip(order, ok, strict=True) if not k] for ok in known_by_query]
         return BatchLookup(columns, freshness, missing)
+
+    @staticmethod
+    def _windowed(names: tuple[str, ...], keys: list[list[tuple]], t_us: list[int], read: ViewsRead,
+                  columns: dict[str, list[object]], ages: dict[str, list[float | None]],
+                  known: dict[str, list[bool]]) -> None:
+        """The windowed views' columns, ages and whether each is known, from one read. A query with a key part
+        absent reads the empty window, as offline (count 0, the rest null), and is not known; one before the
+        history held (not complete) is missing: values None."""
+        times = np.asarray(t_us, dtype=np.int64)
+        latest = read.latest_us
+        whole = np.array([[None not in key for key in view_keys] for view_keys in keys], dtype=bool).reshape(latest.shape)
+        ok = (latest != NO_EVENT) & read.complete & whole
+        age = np.maximum(0.0, (times - np.where(ok, latest, times)) / 1e6).astype(object)
+        age[~ok] = None
+        for v, values in enumerate(read.values):
+            for i in np.flatnonzero(whole[v] & ~read.complete[v]).tolist():
+                for column in values.values():
+                    column[i] = None
+            columns.update(values)
+        ages.update(zip(names, age.tolist(), strict=True))
+        known.update(zip(names, ok.tolist(), strict=True))
 
 
 @dataclass(frozen=True)

@@ -106,6 +106,7 @@ class Service:
         except ValueError as exc:
             raise ConfigError(f"MLOPS_SERVING_SPLIT_KEY: {exc}") from None
         self.direct = [f for f in self.project.features if f not in self.project.request.calendar]
+        self.datetime_fields = [f for f, spec in self.project.request.fields.items() if spec.type == "datetime"]
         self._check_routine(config)
         self.metrics = Metrics()
         self.slot = ModelSlot(self.project.used_views)
@@ -221,7 +222,10 @@ class Service:
             for i, value in enumerate(column):
                 if value is None:
                     absent[i].append(name)
-        inputs = [instance.model_dump(mode="json", exclude={"explain"}) for instance in instances]
+        moments = self.datetime_fields
+        inputs = [request if all(_whole_minutes(request.get(f)) for f in moments)
+                  else instance.model_dump(mode="json", exclude={"explain"})
+                  for instance, request in zip(instances, requests, strict=True)]
         return Pass(inputs, columns, found.freshness, found.missing, [t.isoformat() for t in times], chosen,
                     [g for g, _ in places], [p for _, p in places], absent)
 
@@ -380,6 +384,15 @@ class Service:
         return self._log([{"status": status, "arm": None,
                            "error": detail if isinstance(detail, str) else json.dumps(detail)}],
                          [Group([], request_id, endpoint, started)])
+
+
+def _whole_minutes(value: object) -> bool:
+    """A datetime the log encoder writes as pydantic's JSON mode does (orjson, UTC as Z): one whose UTC offset
+    is whole minutes (not an old local mean time such as -05:17:32, which the two round differently)."""
+    if not isinstance(value, datetime):
+        return True
+    offset = value.utcoffset()
+    return offset is None or (offset.seconds % 60 == 0 and offset.microseconds == 0)
 
 
 def _contributions(model: ScoringModel, rows: list[dict[str, object]], which: list[int]) -> dict[int, np.ndarray]:

@@ -143,28 +143,20 @@ async def _receive(request: Request, limit: int, chunks: list[bytes]) -> None:
 
 
 def parse_body(model: type[Body], body: bytes, context: dict[str, object]) -> Body:
-    """Validate straight from JSON bytes; invalid JSON is a 400, invalid fields a 422 naming them."""
+    """Validate straight from JSON bytes; invalid JSON is a 400, a batch over its limit a 413 naming the limit
+    (pydantic checks a list's length before its items), invalid fields a 422 naming them."""
     try:
         return model.model_validate_json(body, context=context)
     except ValidationError as exc:
-        errors = exc.errors(include_url=False, include_context=False, include_input=False)
+        errors = exc.errors(include_url=False, include_input=False)
         if any(e["type"] == "json_invalid" for e in errors):
             raise ClientError(400, body_problem("body is not valid JSON")) from None
+        for e in errors:
+            if e["type"] == "too_long" and e["loc"] == ("instances",):
+                given, limit = e["ctx"]["actual_length"], e["ctx"]["max_length"]
+                raise ClientError(413, [{"field": "instances",
+                                         "problem": f"{given} instances; at most {limit} per request"}]) from None
         raise ClientError(422, problems_of(errors)) from None
-
-
-def check_batch_size(body: bytes, limit: int) -> None:
-    """Refuse an oversized batch (413, naming the limit) before validating thousands of instances."""
-    try:
-        data = pydantic_core.from_json(body)
-    except ValueError:
-        raise ClientError(400, body_problem("body is not valid JSON")) from None
-    instances = data.get("instances") if isinstance(data, dict) else None
-    if isinstance(instances, list) and len(instances) > limit:
-        raise ClientError(
-            413,
-            [{"field": "instances", "problem": f"{len(instances)} instances; at most {limit} per request"}],
-        )
 
 
 def parse_events(body: bytes, limit: int) -> list[object]:
