@@ -212,7 +212,7 @@ def _ready(base: str) -> bool:
 
 
 def test_logged_inputs_read_as_pydantic_json_mode_writes_them() -> None:
-    """The log writes an instance's validated inputs from their Python form (orjson, UTC as Z): the same
+    """An instance's values are its model_dump(). The log writes an instance's validated inputs from their Python form (orjson, UTC as Z): the same
     text pydantic's JSON mode gives, for UTC, other zones, offsets of whole minutes and fractions of a
     second. An offset with seconds (local mean time before 1900s standard zones) is dumped by pydantic."""
     from datetime import UTC, datetime, timedelta, timezone
@@ -223,7 +223,7 @@ def test_logged_inputs_read_as_pydantic_json_mode_writes_them() -> None:
     from mlops_assets.project.loading import load_project
     from mlops_assets.serving.encoding import encode_record
     from mlops_assets.serving.schemas import request_models
-    from mlops_assets.serving.service import _whole_minutes
+    from mlops_assets.serving.service import _values, _whole_minutes
 
     project = load_project(Path(__file__).parents[1] / "projects" / "flights" / "project.yaml").spec
     model = request_models(project, 10).instance
@@ -235,7 +235,8 @@ def test_logged_inputs_read_as_pydantic_json_mode_writes_them() -> None:
                datetime(1901, 1, 1, tzinfo=timezone(-timedelta(hours=5, minutes=17, seconds=32)))]
     for moment in moments:
         instance = model.model_validate({**base, time_field: moment})
-        python, expected = instance.model_dump(), instance.model_dump(mode="json")
+        python, expected = _values(instance), instance.model_dump(mode="json")
+        assert python == instance.model_dump()
         logged = python if _whole_minutes(python[time_field]) else expected
         assert orjson.loads(encode_record({"inputs": logged}))["inputs"] == expected, moment
     assert not _whole_minutes(moments[-1]) and all(_whole_minutes(m) for m in moments[:-1])

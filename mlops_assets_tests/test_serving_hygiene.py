@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from mlops_assets.serving.app import create_app
+from mlops_assets.serving.transport import INTERNAL_ERROR
 from mlops_assets_tests.serving_fixtures import (
     Platform,
     log_lines,
@@ -110,3 +111,20 @@ def test_with_a_token_only_health_is_public(flights: Platform, tmp_path: Path) -
         assert client.get("/openapi.json", headers=auth).json()["paths"]["/v1/predict"]
     with TestClient(create_app(flights.config(tmp_path / "open"))) as client:
         assert [client.get(p).status_code for p in ("/ready", "/metrics", "/docs", "/openapi.json")] == [200] * 4
+
+
+def test_an_error_no_handler_takes_is_the_generic_500_with_its_request_id(flights: Platform, tmp_path: Path) -> None:
+    """A route that raises (here the event push, its store broken on purpose) answers the service's 500 shape
+    with the request id header, counted; the exception's text stays in the server log."""
+    config = flights.config(tmp_path)
+    app = create_app(config)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        def broken(source: str, events: list[object]) -> object:
+            raise RuntimeError("secret internals")
+
+        app.state.service.push = broken
+        response = client.post("/v1/events/flights", json={"events": [{"x": 1}]})
+        metrics = client.get("/metrics").text
+    assert response.status_code == 500 and response.headers["content-type"] == "application/json"
+    assert response.json() == {"detail": INTERNAL_ERROR, "request_id": response.headers["x-request-id"]}
+    assert 'mlops_serving_requests_total{endpoint="/v1/events",status="500"} 1' in metrics

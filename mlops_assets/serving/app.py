@@ -66,9 +66,18 @@ LOG_UNAVAILABLE = "the prediction log cannot be written; retry later"
 async def log_state(service: Service, future: "Future[bool] | None") -> str:
     """Await (without blocking the event loop) the writer's verdict on the request's records: 'durable',
     'queued' (log_ack=queued) or 'not-logged' (the disk is failing; the records are held, written later)."""
-    if future is None or not await asyncio.wrap_future(future):
+    if future is None or not await _awaitable(future):
         return "not-logged"
     return "durable" if service.config.log_ack == "fsync" else "queued"
+
+
+def _awaitable(future: "Future[bool]") -> "asyncio.Future[bool]":
+    """The event loop's twin of a log future, one per future: the requests of a pass share one log write,
+    so they share its twin too (one wake-up of the loop when it is durable, not one per request)."""
+    twin = getattr(future, "twin", None)
+    if twin is None:
+        twin = future.twin = asyncio.wrap_future(future)  # type: ignore[attr-defined]
+    return twin
 
 
 async def refusal(service: Service, request_id: str, path: str, started: float, status: int, detail: object,
@@ -403,6 +412,30 @@ def _install_handlers(app: FastAPI) -> None:
     async def not_ready(request: Request, exc: NotReady) -> Response:
         return await logged_error(request, 503, "no model loaded", "no model loaded yet; retry later")
 
+    @app.exception_handler(Exception)
+    async def escaped(request: Request, exc: Exception) -> Response:
+        """An error no handler took: the generic 500 in the service's shape (ObserveMiddleware, in front,
+        logs it); never the exception's text."""
+        return error_response(500, INTERNAL_ERROR, request.state.request_id)
+
+
+class ServiceApp(FastAPI):
+    """FastAPI, with every HTTP request entering through `front` first: request ids, latency and status
+    (ObserveMiddleware), then the prediction fast path, which hands anything else to FastAPI's own stack
+    (`stack`: its error, telemetry and body-limit layers, the handlers, the routes). In front of those layers
+    rather than inside them: they cost a prediction ~20 µs on the way in and on each send."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.front is not None:
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def stack(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, send)
+
 
 def create_app(config: ServingConfig | None = None) -> FastAPI:
     """The service for `config` (default: from the environment); starts and stops with the lifespan."""
@@ -423,14 +456,13 @@ def create_app(config: ServingConfig | None = None) -> FastAPI:
             service.stop()
 
     public = {} if cfg.token is None else {"openapi_url": None, "docs_url": None, "redoc_url": None}
-    app = FastAPI(title=f"{service.project.name} prediction service", version="1", lifespan=lifespan,
-                  description=service.project.description, **public, **TELEMETRY_OFF)  # type: ignore[arg-type]
+    app = ServiceApp(title=f"{service.project.name} prediction service", version="1", lifespan=lifespan,
+                     description=service.project.description, **public, **TELEMETRY_OFF)  # type: ignore[arg-type]
     app.state.service = service
     app.state.coalescer = Coalescer(service.predict_groups, lambda group: len(group.instances), cfg.pass_rows,
                                     service.metrics.scored_pass)
-    app.add_middleware(PredictFastPath, service=service, coalescer=app.state.coalescer,  # type: ignore[arg-type]
-                       models=service.models)
-    app.add_middleware(ObserveMiddleware, metrics=service.metrics, seen=SeenIds(cfg.request_id_memory))
+    fast = PredictFastPath(app.stack, service, app.state.coalescer, service.models)
+    app.front = ObserveMiddleware(fast, metrics=service.metrics, seen=SeenIds(cfg.request_id_memory))
     app.include_router(prediction_router(cfg, service.models))
     app.include_router(ops_router(cfg))
     if cfg.token is not None:

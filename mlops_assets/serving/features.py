@@ -149,12 +149,16 @@ class OnlineFeatures:
         snapshot, n = self.snapshot, len(requests)
         t_us = [epoch_us(t) for t in times]
         fields: dict[str, list[object]] = {}
+        built: dict[tuple[str, ...], list[tuple]] = {}  # views keyed alike share their key tuples
 
         def keys_of(view: ViewState) -> list[tuple]:
-            for k in view.keys:
-                if k not in fields:
-                    fields[k] = [r.get(k) for r in requests]
-            return list(zip(*(fields[k] for k in view.keys), strict=True))
+            found = built.get(view.keys)
+            if found is None:
+                for k in view.keys:
+                    if k not in fields:
+                        fields[k] = [r.get(k) for r in requests]
+                found = built[view.keys] = list(zip(*(fields[k] for k in view.keys), strict=True))
+            return found
 
         columns: dict[str, list[object]] = {}
         ages: dict[str, list[float | None]] = {}
@@ -188,14 +192,20 @@ class OnlineFeatures:
         history held (not complete) is missing: values None."""
         times = np.asarray(t_us, dtype=np.int64)
         latest = read.latest_us
-        whole = np.array([[None not in key for key in view_keys] for view_keys in keys], dtype=bool).reshape(latest.shape)
+        full: dict[int, list[bool]] = {}  # per key list (views keyed alike share one): no key part absent
+        for listed in keys:
+            if id(listed) not in full:
+                full[id(listed)] = [None not in key for key in listed]
+        whole = np.array([full[id(listed)] for listed in keys], dtype=bool).reshape(latest.shape)
         ok = (latest != NO_EVENT) & read.complete & whole
         age = np.maximum(0.0, (times - np.where(ok, latest, times)) / 1e6).astype(object)
         age[~ok] = None
+        partial = whole & ~read.complete
         for v, values in enumerate(read.values):
-            for i in np.flatnonzero(whole[v] & ~read.complete[v]).tolist():
-                for column in values.values():
-                    column[i] = None
+            if partial.any():
+                for i in np.flatnonzero(partial[v]).tolist():
+                    for column in values.values():
+                        column[i] = None
             columns.update(values)
         ages.update(zip(names, age.tolist(), strict=True))
         known.update(zip(names, ok.tolist(), strict=True))

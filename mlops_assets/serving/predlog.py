@@ -229,8 +229,8 @@ class PredictionLog:
     def _open(self, day: str) -> Part:
         """The part file for the day: a new one on a new day, when full, or when the old one vanished."""
         part = self._part
-        if part is not None and part.day == day and part.records < self.file_records and part.linked():
-            return part
+        if part is not None and part.day == day and part.records < self.file_records:
+            return part  # a part deleted meanwhile is noticed after the write (`_commit`), which then rewrites
         self._close_part()
         self._seq += 1
         folder = self.root / f"date={day}"

@@ -254,7 +254,7 @@ class Service:
         ids: list[str] = []
         places: list[tuple[int, int]] = []
         for index, group in enumerate(groups):
-            dumped = [i.model_dump(exclude={"explain"}) for i in group.instances]
+            dumped = [_values(i) for i in group.instances]
             try:
                 self._refuse_unknown(dumped, arms, group.single)
                 when = self._times(dumped, group.single)
@@ -384,6 +384,12 @@ class Service:
         return self._log([{"status": status, "arm": None,
                            "error": detail if isinstance(detail, str) else json.dumps(detail)}],
                          [Group([], request_id, endpoint, started)])
+
+
+def _values(instance: BaseModel) -> dict[str, object]:
+    """An instance's validated values by field, without `explain`: `model_dump()` of these flat models
+    (primitive fields, no serializers), read from the instance's own dict in a fraction of the time."""
+    return {name: value for name, value in instance.__dict__.items() if name != "explain"}
 
 
 def _whole_minutes(value: object) -> bool:
