@@ -770,8 +770,11 @@ class _Packed:
         self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         self.sum_starts = self.starts[:-1] + np.arange(len(held), dtype=np.int64)
         n_chan, n_ext, n_last = len(plan.channels), len(plan.extremes), len(plan.lasts)
+        from mlops_assets.features import window_kernels  # numba, ~0.3-1 s: imported where views are read
+
+        self.kernels = window_kernels
         self.ts = np.concatenate([h.ts[:h.n] for _, h in held]) if held else np.empty(0, dtype=np.int64)
-        self.marks, self.mark_starts = _marks(self.ts, self.starts)
+        self.marks, self.mark_starts = _marks(self.ts, self.starts, window_kernels.MARK_EVERY)
         self.chan = np.concatenate([h.chan[:, :h.n] for _, h in held], axis=1) if held else np.empty((n_chan, 0))
         # (positions, channels): a query's channels share a cache line or two (the gather is cache-bound)
         self.sums = (np.ascontiguousarray(np.concatenate([h.sums[:, :h.n + 1] for _, h in held], axis=1).T)
@@ -779,9 +782,6 @@ class _Packed:
         self.ext = np.concatenate([h.ext[:, :h.n] for _, h in held], axis=1) if held else np.empty((n_ext, 0))
         self.last = (np.concatenate([h.last[:, :h.n] for _, h in held], axis=1) if held
                      else np.empty((n_last, 0), dtype=object))
-        from mlops_assets.features import window_kernels  # numba, ~0.3-1 s: imported where views are read
-
-        self.kernels = window_kernels
 
     def warm(self) -> None:
         """Compile the read (or load it from numba's cache) now, off the request path."""
@@ -912,18 +912,15 @@ class ViewsReader:
         return ViewsRead(values, latest, complete)
 
 
-MARK_EVERY = 64  # window_kernels.MARK_EVERY (numba is imported where views are read only)
-
-
-def _marks(ts: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Every MARK_EVERY-th event time of each segment, from its first, and where each segment's marks start:
-    the first level of the kernel's two-level search."""
+def _marks(ts: np.ndarray, starts: np.ndarray, every: int) -> tuple[np.ndarray, np.ndarray]:
+    """Every `every`-th event time of each segment, from its first, and where each segment's marks start:
+    the first level of the kernel's two-level search (`every` is the kernel's own MARK_EVERY)."""
     sizes = np.diff(starts)
-    counts = (sizes + MARK_EVERY - 1) // MARK_EVERY
+    counts = (sizes + every - 1) // every
     mark_starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     segment = np.repeat(np.arange(len(sizes)), counts)
     step = np.arange(int(mark_starts[-1]), dtype=np.int64) - mark_starts[:-1][segment]
-    return ts[starts[:-1][segment] + step * MARK_EVERY], mark_starts
+    return ts[starts[:-1][segment] + step * every], mark_starts
 
 
 def _rows_by_key(raw: pl.DataFrame, keys: Sequence[str], ts: np.ndarray) -> dict[tuple, np.ndarray]:
