@@ -165,6 +165,34 @@ def test_a_batch_cut_by_a_full_disk_is_written_once_and_in_order(tmp_path: Path,
     assert changes == [True, False] and plog.written == 101 and plog.backlog == 0
 
 
+def test_in_fsync_mode_each_write_is_synchronous_and_a_replaced_part_is_rewritten(tmp_path: Path) -> None:
+    """fsync mode writes O_DSYNC (the write returns once data and size are on disk: one system call where a
+    write and an fdatasync were two); queued mode does not. The part's identity is taken at open, so a part
+    replaced under the writer is noticed and the next batch goes to a new part."""
+    import fcntl
+
+    for ack, synchronous in (("fsync", True), ("queued", False)):
+        plog = PredictionLog(tmp_path / ack, ack=ack)  # type: ignore[arg-type]
+        plog.start()
+        assert plog.submit([{"request_id": "r0", "timestamp": "2013-02-10T00:00:00+00:00"}]).result(timeout=30)
+        assert eventually(lambda plog=plog: plog.written == 1)
+        part = plog._part
+        assert part is not None
+        assert bool(fcntl.fcntl(part.fd, fcntl.F_GETFL) & os.O_DSYNC) is synchronous, ack
+        if synchronous:
+            first = part.path
+            first.rename(first.with_suffix(".moved"))
+            first.write_bytes(b"")  # another file under the part's name
+            assert plog.submit([{"request_id": "r1", "timestamp": "2013-02-10T00:00:00+00:00"}]).result(timeout=30)
+            assert plog._part is not None and plog._part.path != first
+        plog.close()
+    lines = [json.loads(line)["request_id"] for path in sorted((tmp_path / "fsync").rglob("*.jsonl"))
+             for line in path.read_text().splitlines()]
+    assert lines == ["r1"], "r1 rewritten to a new part (the replaced name holds an empty file)"
+    assert [json.loads(line)["request_id"] for path in (tmp_path / "fsync").rglob("*.moved")
+            for line in path.read_text().splitlines()] == ["r0", "r1"]
+
+
 def test_kill_9_loses_no_answered_prediction(flights: Platform, tmp_path: Path) -> None:
     """The real service as a process, four concurrent clients, SIGKILL right after an answer: every
     request answered 200 is on disk (the answer is sent only after the record's fdatasync)."""

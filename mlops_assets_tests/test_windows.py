@@ -349,6 +349,26 @@ def test_trim_forgets_old_events_and_moves_the_horizon() -> None:
     assert not store.compute(("a",), T0 + 100 * MIN).complete
 
 
+def test_views_read_together_say_per_view_whether_their_history_covers_the_window() -> None:
+    """A view with a horizon (history held from T0, windows up to 3 h) read in one call beside one without:
+    each query's `complete` is that view's own, as `compute` says it, and the view without a horizon is
+    complete everywhere; a backdated query's values are the empty window there."""
+    aggregations = (Aggregation("n", "count", None, 3 * 60 * MIN), Aggregation("m", "mean", "v", 60 * MIN))
+    events = event_frame([{"id": i, "k": "a", "ts": T0 + 20 * MIN * i, "v": float(i)} for i in range(30)])
+    held = OnlineWindows(KEYS, "ts", aggregations, event_id="id", horizon=T0)
+    held.push(events)
+    held.pack()
+    unbounded = online_store(events, KEYS, aggregations)
+    times = [T0 + m * MIN for m in (30, 179, 180, 181, 400)]
+    read = ViewsReader([held, unbounded, held]).read([[("a",)] * len(times)] * 3, [epoch_us(t) for t in times])
+    expected = [held.compute(("a",), t).complete for t in times]
+    assert expected == [False, False, True, True, True]
+    assert read.complete.tolist() == [expected, [True] * len(times), expected]
+    for view, store in enumerate((held, unbounded, held)):
+        assert repr(read.columns(view).values) == repr(store.compute_columns([("a",)] * len(times),
+                                                                              [epoch_us(t) for t in times], math.nan).values)
+
+
 def test_compute_many_matches_compute() -> None:
     rng = random.Random(4)
     events = event_frame(random_events(rng, 50, ["a", "b"]))

@@ -70,24 +70,22 @@ def read_packed(seg: np.ndarray, t: np.ndarray, offsets: np.ndarray, starts: np.
 
 
 @numba.njit(cache=True, nogil=True)
-def read_views(segs: np.ndarray, t: np.ndarray, offsets: List, starts: List, sum_starts: List, ts: List,
-               marks: List, mark_starts: List, sums: List, chan: List, ext: List, fn: List, window: List, flag: List, value: List,
-               nonfinite: List, extreme: List, bases: np.ndarray,
+def read_views(segs: np.ndarray, t: np.ndarray, views: List, bases: np.ndarray,
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """`read_packed` of several views in one call (a typed-list entry per view, `segs[v]` its queries'
-    segments): view v's aggregations are the columns from `bases[v]` of out, valid and picks, its latest
-    times `latest[v]`. One call instead of one per view: a call's fixed cost (~10 µs of argument checks
-    and conversions) is paid once per pass. Typed lists, not tuples: one compiled version for any number
-    of views."""
+    """`read_packed` of several views in one call (`views[v]`: view v's arrays in `read_packed`'s order from
+    offsets to extreme, `segs[v]` its queries' segments): view v's aggregations are the columns from
+    `bases[v]` of out, valid and picks, its latest times `latest[v]`. One call instead of one per view, and
+    one typed list of tuples, not a list per argument: numba checks each list argument's type at every call
+    (~1.5 µs a list), which for 15 lists was most of a lone query's read."""
     n, width = segs.shape[1], bases[-1]
     out = np.full((n, width), np.nan)
     valid = np.zeros((n, width), dtype=np.bool_)
     picks = np.full((n, width), -1, dtype=np.int64)
     latest = np.full((len(bases) - 1, n), NO_EVENT, dtype=np.int64)
     for v in range(len(bases) - 1):
-        _read_into(segs[v], t, offsets[v], starts[v], sum_starts[v], ts[v], marks[v], mark_starts[v], sums[v], chan[v],
-                   ext[v], fn[v], window[v], flag[v], value[v], nonfinite[v], extreme[v], out, valid, picks, latest[v],
-                   bases[v])
+        p = views[v]
+        _read_into(segs[v], t, p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8], p[9], p[10], p[11], p[12],
+                   p[13], p[14], out, valid, picks, latest[v], bases[v])
     return out, valid, picks, latest
 
 
@@ -165,12 +163,12 @@ def warm() -> None:
     nonfinite = np.empty((0, 3), dtype=np.int64)
     read_packed(i1, i1, i2, i2, i2, i1, i1, i2, f2, f2, f2, i1, i1, i1, i1, nonfinite, i1)
     one = (i2, i2, i2, i1, i1, i2, f2, f2, f2, i1, i1, i1, i1, nonfinite, i1)
-    read_views(np.empty((1, 0), dtype=np.int64), i1, *(typed_list([a]) for a in one), np.zeros(2, dtype=np.int64))
+    read_views(np.empty((1, 0), dtype=np.int64), i1, typed_list([one]), np.zeros(2, dtype=np.int64))
 
 
-def typed_list(arrays: list[np.ndarray]) -> List:
-    """The arrays as the numba list `read_views` takes (built once per packing, not per read)."""
+def typed_list(views: list[tuple[np.ndarray, ...]]) -> List:
+    """The views' arrays as the numba list `read_views` takes (built once per packing, not per read)."""
     out = List()
-    for array in arrays:
-        out.append(array)
+    for arrays in views:
+        out.append(arrays)
     return out

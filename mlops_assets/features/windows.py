@@ -35,7 +35,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
-from itertools import repeat
+from itertools import chain, repeat
 from typing import Literal, NoReturn, get_args
 
 import numpy as np
@@ -865,21 +865,23 @@ class ViewsReader:
     def __init__(self, views: Sequence[OnlineWindows]) -> None:
         self.views = list(views)
         self._packs: list[_Packed] = []
-        self._args: tuple = ()
+        self._args: object = None
         self._bases = np.zeros(len(self.views) + 1, dtype=np.int64)
+        self._outputs: list[tuple[list[str], list[tuple[int, int]], int]] = []  # per view: names, lasts, base
+        self._max_window = np.array([view._plan.max_window_us for view in self.views], dtype=np.int64)
 
     def _current(self) -> list[_Packed]:
         packs = [view._packed_now() for view in self.views]
         if len(packs) != len(self._packs) or any(a is not b for a, b in zip(packs, self._packs, strict=True)):
             kernels = packs[0].kernels if packs else None
             if kernels is not None:
-                parts = [(view._offsets, p.starts, p.sum_starts, p.ts, p.marks, p.mark_starts, p.sums, p.chan, p.ext,
-                          *view._plan.kernel)
-                         for view, p in zip(self.views, packs, strict=True)]
-                contiguous = [[np.ascontiguousarray(a) for a in part] for part in parts]
-                self._args = tuple(kernels.typed_list(list(column)) for column in zip(*contiguous, strict=True))
+                self._args = kernels.typed_list([
+                    tuple(np.ascontiguousarray(a) for a in (view._offsets, p.starts, p.sum_starts, p.ts, p.marks,
+                                                             p.mark_starts, p.sums, p.chan, p.ext, *view._plan.kernel))
+                    for view, p in zip(self.views, packs, strict=True)])
             widths = [len(view._plan.compiled) for view in self.views]
             self._bases = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+            self._outputs = [(*view._plan.outputs, int(base)) for view, base in zip(self.views, self._bases[:-1], strict=True)]
             self._packs = packs
         return packs
 
@@ -889,26 +891,29 @@ class ViewsReader:
         times = np.asarray(t_us, dtype=np.int64)
         if not packs:
             return ViewsRead([], np.empty((0, n), dtype=np.int64), np.empty((0, n), dtype=bool))
-        segs = np.empty((len(packs), n), dtype=np.int64)
-        changed: list[list[int]] = []
-        for v, (view, pack) in enumerate(zip(self.views, packs, strict=True)):
-            dirty = view._dirty
-            changed.append([i for i, key in enumerate(keys[v]) if key in dirty] if dirty else [])
-            segs[v] = pack.segments(keys[v], changed[v])
-        out, _, picks, latest = packs[0].kernels.read_views(segs, times, *self._args, self._bases)
+        found = chain.from_iterable(map(pack.segment.get, listed, repeat(-1, n)) for pack, listed in zip(packs, keys, strict=True))
+        segs = np.fromiter(found, dtype=np.int64, count=len(packs) * n).reshape(len(packs), n)  # -1: not packed
+        changed = [[i for i, key in enumerate(listed) if key in view._dirty] if view._dirty else []
+                   for view, listed in zip(self.views, keys, strict=True)]
+        for v, pushed in enumerate(changed):
+            if pushed:
+                segs[v, pushed] = -1  # keys pushed since the pack are read per key
+        out, _, picks, latest = packs[0].kernels.read_views(segs, times, self._args, self._bases)
         columns = out.T.tolist()  # the kernel leaves NaN wherever there is no value
-        values, complete = [], np.ones((len(packs), n), dtype=bool)
-        for v, (view, pack) in enumerate(zip(self.views, packs, strict=True)):
-            names, lasts = view._plan.outputs
-            base = int(self._bases[v])
+        values = []
+        for v, (pack, (names, lasts, base)) in enumerate(zip(packs, self._outputs, strict=True)):
             mine = columns[base:base + len(names)]
             for j, last in lasts:
                 mine[j] = pack.last_values(last, picks[:, base + j])
             values.append(dict(zip(names, mine, strict=True)))
             if changed[v]:
-                view._fill_changed(keys[v], t_us, changed[v], values[v], latest[v], math.nan)
-            if view._horizon_us is not None:
-                complete[v] = times - view._plan.max_window_us >= view._horizon_us
+                self.views[v]._fill_changed(keys[v], t_us, changed[v], values[v], latest[v], math.nan)
+        horizons = [view._horizon_us for view in self.views]
+        if all(h is None for h in horizons):
+            complete = np.ones((len(packs), n), dtype=bool)
+        else:
+            held = np.array([NO_EVENT if h is None else h for h in horizons], dtype=np.int64)  # None: always
+            complete = times[None, :] - self._max_window[:, None] >= held[:, None]
         return ViewsRead(values, latest, complete)
 
 

@@ -88,6 +88,16 @@ class Snapshot:
     views: dict[str, ViewState]
     lock: threading.Lock = field(default_factory=threading.Lock)
     readers: dict[tuple[str, ...], ViewsReader] = field(default_factory=dict)
+    windowed_of: dict[tuple[str, ...], tuple[str, ...]] = field(default_factory=dict)
+
+    def windowed(self, names: Sequence[str]) -> tuple[str, ...]:
+        """Of `names`, the loaded windowed views (read together); the rest are static or not loaded."""
+        key = tuple(names)
+        found = self.windowed_of.get(key)
+        if found is None:
+            found = self.windowed_of[key] = tuple(v for v in key if self.views[v].windows is not None
+                                                  and self.views[v].loaded)
+        return found
 
     def reader(self, names: tuple[str, ...]) -> ViewsReader:
         reader = self.readers.get(names)
@@ -165,7 +175,7 @@ class OnlineFeatures:
         known: dict[str, list[bool]] = {}
         with snapshot.lock:
             self._sync(snapshot)
-            windowed = tuple(v for v in views if snapshot.views[v].windows is not None and snapshot.views[v].loaded)
+            windowed = snapshot.windowed(views)
             keys = [keys_of(snapshot.views[v]) for v in windowed]
             read = snapshot.reader(windowed).read(keys, t_us) if windowed else None
             for name in views:
@@ -201,11 +211,11 @@ class OnlineFeatures:
         age = np.maximum(0.0, (times - np.where(ok, latest, times)) / 1e6).astype(object)
         age[~ok] = None
         partial = whole & ~read.complete
-        for v, values in enumerate(read.values):
-            if partial.any():
-                for i in np.flatnonzero(partial[v]).tolist():
-                    for column in values.values():
-                        column[i] = None
+        if partial.any():
+            for v, i in zip(*np.nonzero(partial), strict=True):
+                for column in read.values[v].values():
+                    column[i] = None
+        for values in read.values:
             columns.update(values)
         ages.update(zip(names, age.tolist(), strict=True))
         known.update(zip(names, ok.tolist(), strict=True))

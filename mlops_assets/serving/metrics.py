@@ -85,6 +85,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._served: dict[str, tuple[str, str]] = {}
         self._children: dict[tuple[str, int], tuple[Any, Any, Any]] = {}
+        self._predictions: dict[tuple[str, str], Any] = {}
         self._published = {"records": 0, "dropped": 0, "commits": 0}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -179,7 +180,10 @@ class Metrics:
         if version is None:
             served = self._served.get("challenger" if arm == "shadow" else arm)
             version = served[1] if served else "unknown"
-        self.pending.add(self.predictions.labels(arm, version), float(count))
+        counter = self._predictions.get((arm, version))
+        if counter is None:  # a labelled child once per arm and version: `labels` takes a lock and ~3 µs
+            counter = self._predictions[(arm, version)] = self.predictions.labels(arm, version)
+        self.pending.add(counter, float(count))
 
     def model_loaded(self, arm: str, name: str, version: str, swapped: bool) -> None:
         self.model_dropped(arm)

@@ -17,14 +17,21 @@ class Part:
     fd: int
     size: int = 0
     records: int = 0
+    identity: tuple[int, int] = (-1, -1)  # (st_dev, st_ino) of the open file: it cannot change while open
+
+    @classmethod
+    def opened(cls, day: str, path: Path, fd: int) -> Part:
+        mine = os.fstat(fd)
+        return cls(day, path, fd, mine.st_size, identity=(mine.st_dev, mine.st_ino))
 
     def linked(self) -> bool:
-        """The path still names this very file (not deleted, not replaced by another)."""
+        """The path still names this very file (not deleted, not replaced by another): one stat of the path,
+        compared with the identity taken at open."""
         try:
-            on_disk, mine = os.stat(self.path), os.fstat(self.fd)
+            on_disk = os.stat(self.path)
         except OSError:
             return False
-        return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
+        return (on_disk.st_dev, on_disk.st_ino) == self.identity
 
 
 def write_all(fd: int, data: bytes) -> None:

@@ -61,13 +61,14 @@ class Pass:
     def __len__(self) -> int:
         return len(self.when)
 
-    def column(self, name: str, index: list[int] | None) -> list[object]:
-        """A model input for the instances at `index` (all: None); one no part of the project provides is
-        missing everywhere."""
-        values = self.columns.get(name)
-        if values is None:
-            return [None] * (len(self) if index is None else len(index))
-        return values if index is None else [values[i] for i in index]
+    def select(self, names: list[str], index: list[int] | None) -> list[list[object]]:
+        """Model inputs for the instances at `index` (all: None), a column each; one no part of the project
+        provides is missing everywhere."""
+        get, n = self.columns.get, len(self) if index is None else len(index)
+        columns = [get(name) for name in names]
+        if index is not None:
+            columns = [None if values is None else [values[i] for i in index] for values in columns]
+        return [[None] * n if values is None else values for values in columns]
 
     def row(self, i: int) -> dict[str, object]:
         """Instance i's inputs by name (what a routine's steps and components read)."""
@@ -300,7 +301,7 @@ class Service:
         assert loaded is not None
         model = loaded.model
         names = list(model.features)
-        columns = [batch.column(name, index) for name in names]
+        columns = batch.select(names, index)
         at = range(len(batch)) if index is None else index
         matrix = model.matrix_columns(columns, len(at))
         outputs = model.predict_matrix(matrix)
