@@ -19,7 +19,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from mlops_assets.features.online_store import OnlineStore
-from mlops_assets.features.request_features import calendar_features, calendar_values
+from mlops_assets.features.request_features import calendar_columns, calendar_features, calendar_values
 from mlops_assets.features.sources import prepare_all
 from mlops_assets.project.loading import load_project
 from mlops_assets.scoring_model import ScoringPyfunc
@@ -100,12 +100,18 @@ def test_calendar_features_are_one_definition_on_real_rows_and_dst_days() -> Non
     frame = calendar_features(loaded.spec, rows.select("scheduled_departure"))
     local = rows.select(pl.col("scheduled_departure").dt.convert_time_zone("America/New_York").dt.replace_time_zone(None))
     assert calendar_features(loaded.spec, local).drop("scheduled_departure").equals(frame.drop("scheduled_departure"))
+    requests: list[dict[str, object]] = []
     for row in frame.iter_rows(named=True):
         expected = {k: row[k] for k in loaded.spec.request.calendar}
         aware = row["scheduled_departure"]
         assert calendar_values(loaded.spec, {"scheduled_departure": aware}) == expected
         naive_local = aware.astimezone(NEW_YORK).replace(tzinfo=None)
         assert calendar_values(loaded.spec, {"scheduled_departure": naive_local}) == expected
+        requests += [{"scheduled_departure": aware}, {"scheduled_departure": naive_local}, {}]
+    columns = calendar_columns(loaded.spec, requests)  # a serving pass's shape: aware, naive, absent
+    for name in loaded.spec.request.calendar:
+        assert columns[name][0::3] == columns[name][1::3] == frame[name].to_list(), name
+        assert columns[name][2::3] == [None] * frame.height, name
     weather = load_project(WEATHER).spec
     days = pl.DataFrame({"day_start": [datetime(2012, 2, 29), datetime(2012, 12, 31), datetime(2015, 3, 8, 7)]})
     for row in calendar_features(weather, days).iter_rows(named=True):

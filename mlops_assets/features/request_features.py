@@ -1,14 +1,14 @@
 """Features computed from the request alone: calendar parts of a request datetime in its field's zone.
 
 One definition, two shapes: `calendar_features` (a polars frame: the training set) and
-`calendar_values` (one request dict: the serving hot path); a test checks them equal on real
-rows, daylight-saving days included. A naive datetime is local time of the field's declared
+`calendar_columns` (request dicts: the serving hot path; `calendar_values` for one); a test checks
+them equal on real rows, daylight-saving days included. A naive datetime is local time of the field's declared
 `time_zone` (UTC when none): the earlier instant when ambiguous, missing when it does not exist.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, time
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -76,20 +76,31 @@ def calendar_features(project: Project, frame: pl.DataFrame) -> pl.DataFrame:
     return frame.with_columns(columns) if columns else frame
 
 
-def calendar_values(project: Project, request: Mapping[str, object]) -> dict[str, int | None]:
-    """The per-request twin of `calendar_features`: {feature: int or None}. Each datetime field is put in
-    its zone once, however many parts are taken of it."""
-    out: dict[str, int | None] = {}
-    local: dict[str, datetime | None] = {}
+def calendar_columns(project: Project, requests: Sequence[Mapping[str, object]]) -> dict[str, list[int | None]]:
+    """The per-request twin of `calendar_features` for a batch, as columns: {feature: one int or None per
+    request}. Each datetime field is put in its zone once per request, however many parts are taken of it;
+    a serving pass takes its columns so, without a dict per request."""
+    out: dict[str, list[int | None]] = {}
+    local: dict[str, list[datetime | None]] = {}
     for name, feature in project.request.calendar.items():
-        if feature.of not in local:
-            value = request.get(feature.of)
+        moments = local.get(feature.of)
+        if moments is None:
             zone_name = field_zone(project, feature.of)
-            moment = localize(value, zone_name) if isinstance(value, datetime | date) else None
-            local[feature.of] = None if moment is None else moment.astimezone(zone(zone_name))
-        moment = local[feature.of]
-        out[name] = None if moment is None else PYTHON_PARTS[feature.part](moment)
+            tz = zone(zone_name)
+            moments = local[feature.of] = [_in_zone(request.get(feature.of), zone_name, tz) for request in requests]
+        part = PYTHON_PARTS[feature.part]
+        out[name] = [None if moment is None else part(moment) for moment in moments]
     return out
+
+
+def _in_zone(value: object, zone_name: str, tz: ZoneInfo) -> datetime | None:
+    moment = localize(value, zone_name) if isinstance(value, datetime | date) else None
+    return None if moment is None else moment.astimezone(tz)
+
+
+def calendar_values(project: Project, request: Mapping[str, object]) -> dict[str, int | None]:
+    """`calendar_columns` of one request: {feature: int or None}."""
+    return {name: column[0] for name, column in calendar_columns(project, [request]).items()}
 
 
 def prediction_time(project: Project, request: Mapping[str, object]) -> datetime | None:

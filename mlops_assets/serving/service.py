@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from mlops_assets.contract import LOG_FEATURES, LOG_INPUTS, LOG_PREDICTION, PREDICTION_TIME
 from mlops_assets.features.online_store import OnlineStore, PushResult
 from mlops_assets.features.repository import model_features
-from mlops_assets.features.request_features import calendar_values, prediction_time
+from mlops_assets.features.request_features import calendar_columns, prediction_time
 from mlops_assets.project.loading import load_project
 from mlops_assets.scoring_model import ScoringModel
 from mlops_assets.serving.alerts import ServingAlerts
@@ -214,9 +214,7 @@ class Service:
         else:
             chosen = ["champion"] * n
         columns = found.columns  # direct fields win over calendar features, which win over view features
-        calendar = [calendar_values(self.project, request) for request in requests]
-        for name in self.project.request.calendar:
-            columns[name] = [values[name] for values in calendar]
+        columns.update(calendar_columns(self.project, requests))
         absent: list[list[str]] = [[] for _ in range(n)]
         for name in self.direct:
             columns[name] = column = [request.get(name) for request in requests]
